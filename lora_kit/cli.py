@@ -1,0 +1,72 @@
+"""The `lora-kit` command line: one subcommand per module, imported lazily.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`. Importing only the
+chosen one keeps `lora-kit --help` instant and lets optional backends fail with their own message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lora_kit.train.command", "train a LoRA from a TOML recipe"),
+    "demo": ("lora_kit.world.demo", "offline end-to-end demo on the embedded tiny world"),
+    "init-model": ("lora_kit.models.command", "write a tiny random-init model (tiny-sd15, tiny-sd2v, tiny-sdxl)"),
+    "buckets": ("lora_kit.data.bucket_command", "print the aspect-ratio bucket histogram of a dataset"),
+    "cache": ("lora_kit.data.cache_command", "precompute the latent/text cache of a recipe"),
+    "caption": ("lora_kit.captioning.command", "caption or edit captions of a dataset"),
+    "info": ("lora_kit.adapters.tools.info", "describe a LoRA file (format, ranks, metadata, hashes)"),
+    "convert": ("lora_kit.adapters.tools.convert", "convert a LoRA between kohya and diffusers formats"),
+    "merge": ("lora_kit.adapters.tools.merge", "fuse LoRAs into a base model and save it"),
+    "resize": ("lora_kit.adapters.tools.resize", "change a LoRA's rank by SVD"),
+    "grid": ("lora_kit.infer.command", "render a labelled evaluation grid"),
+    "publish": ("lora_kit.publish.command", "assemble/upload a Hub repo or a Civitai bundle"),
+    "recipe": ("lora_kit.config.command", "validate a recipe and print it fully resolved"),
+}
+
+
+def build_parser(load: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-kit", description="LoRA fine-tuning for Stable Diffusion.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == load:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _version() -> str:
+    from lora_kit import __version__
+
+    return f"lora-kit {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    load = chosen if chosen in COMMANDS else None
+    parser = build_parser(load)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from lora_kit.errors import UserError
+
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        # User mistakes (bad recipe key, missing file, offline model) are one line, no traceback.
+        print(f"lora-kit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Loading a base model: builtin preset, diffusers folder, single-file checkpoint, or Hub id.
+
+Everything goes through diffusers' own loaders (`from_pretrained`, `from_single_file`); this module
+adds what they lack for a trainer: one `ModelBundle` with the family detected (sd1 / sd2 / sd2v / sdxl),
+`builtin:` presets materialised on first use, and one clear line when a model is neither local nor
+reachable ("fetch X with `hf download X` on a machine with network, then pass the folder").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lora_kit.errors import UserError
+from lora_kit.models.presets import SD1, SD2, SD2V, SDXL, PRESETS, write_preset
+from lora_kit.paths import builtin_name, cache_dir, is_builtin
+
+DEFAULT_MODEL = "builtin:tiny-sd15"
+
+
+@dataclass
+class ModelBundle:
+    """The pieces training and inference need, with where they came from."""
+
+    family: str
+    unet: Any
+    vae: Any
+    noise_scheduler: Any
+    text_encoders: list = field(default_factory=list)
+    tokenizers: list = field(default_factory=list)
+    source: str = ""  # what the user passed (never an absolute path in published metadata)
+    path: str = ""  # resolved local path
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == SDXL
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a model spec into something `from_pretrained` reads (a local folder, file or hub id)."""
+    if is_builtin(spec):
+        name = builtin_name(spec)
+        from lora_kit.world.assets import shipped_model_dir  # trained tiny world, when shipped
+
+        shipped = shipped_model_dir(name)
+        if shipped is not None:
+            return str(shipped)
+        if name not in PRESETS:
+            raise UserError(f"unknown builtin model {spec!r}; expected builtin:<{'|'.join(PRESETS)}>")
+        target = cache_dir() / "models" / name
+        if not (target / "model_index.json").exists():
+            write_preset(name, target, seed=0)
+        return str(target)
+    return spec
+
+
+def detect_family(unet_config: dict, scheduler_config: dict | None) -> str:
+    """Family from the U-Net config (SDXL: text_time embedding; SD2: 1024-d cross-attention or linear proj)."""
+    if unet_config.get("addition_embed_type") == "text_time":
+        return SDXL
+    v = (scheduler_config or {}).get("prediction_type") == "v_prediction"
+    sd2 = unet_config.get("cross_attention_dim") == 1024 or bool(unet_config.get("use_linear_projection"))
+    if sd2:
+        return SD2V if v else SD2
+    return SD2V if v else SD1
+
+
+def _offline_message(spec: str, exc: Exception) -> UserError:
+    return UserError(
+        f"model {spec!r} is not a local folder or file and could not be fetched from the Hugging Face Hub "
+        f"({type(exc).__name__}). On a machine with network run `hf download {spec}` (or download the "
+        f"single .safetensors checkpoint) and pass the local path; or set HF_HOME to a cache that has it."
+    )
+
+
+def _single_file_pipeline(path: Path, config: str | None, dtype):
+    import diffusers
+
+    is_xl = config is not None and "xl" in str(config).lower()
+    cls = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
+    kwargs: dict = {"torch_dtype": dtype}
+    if config:
+        kwargs["config"] = config  # a local diffusers folder or hub id describing the architecture
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except OSError as exc:
+        raise UserError(
+            f"could not build {path.name} with from_single_file ({exc}); pass `model.config` = a local "
+            "diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5)"
+        ) from exc
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, single_file_config: str | None = None, revision: str | None = None, variant: str | None = None) -> ModelBundle:
+    """Load U-Net, VAE, text encoder(s), tokenizer(s) and the training noise scheduler."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    dtype = dtype or torch.float32
+    local = resolve_model(spec)
+    path = Path(local).expanduser()
+    if path.is_file():
+        if path.suffix in (".ckpt", ".pt", ".bin", ".pth"):
+            raise UserError(f"{path.name}: pickle checkpoints are not loaded; convert it to .safetensors first")
+        pipe = _single_file_pipeline(path, single_file_config, dtype)
+        return _bundle_from_pipeline(pipe, spec, str(path))
+    if not path.exists() and (os.path.isabs(local) or local.startswith((".", "~"))):
+        raise UserError(f"model path {local} does not exist")
+    import diffusers
+
+    try:
+        info = diffusers.DiffusionPipeline.load_config(local, revision=revision)
+    except Exception as exc:  # EnvironmentError, LocalEntryNotFoundError, OfflineModeIsEnabled...
+        raise _offline_message(spec, exc) from exc
+    kw = {"revision": revision, "variant": variant}
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(local, subfolder="unet", torch_dtype=dtype, **kw)
+    vae = AutoencoderKL.from_pretrained(local, subfolder="vae", torch_dtype=dtype, **kw)
+    noise_scheduler = DDPMScheduler.from_pretrained(local, subfolder="scheduler", revision=revision)
+    text_encoders, tokenizers = _load_text_stack(local, info, dtype, kw)
+    family = detect_family(dict(unet.config), dict(noise_scheduler.config))
+    return ModelBundle(family, unet, vae, noise_scheduler, text_encoders, tokenizers, source=spec, path=str(path) if path.exists() else spec)
+
+
+def _load_text_stack(local: str, info: dict, dtype, kw: dict) -> tuple[list, list]:
+    import transformers
+
+    encoders, tokenizers = [], []
+    for te_name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        if te_name not in info or info[te_name][0] is None:
+            continue
+        te_cls = getattr(transformers, info[te_name][1])
+        tok_cls = getattr(transformers, info[tok_name][1])
+        encoders.append(te_cls.from_pretrained(local, subfolder=te_name, torch_dtype=dtype, **kw))
+        tokenizers.append(tok_cls.from_pretrained(local, subfolder=tok_name, revision=kw.get("revision")))
+    return encoders, tokenizers
+
+
+def _bundle_from_pipeline(pipe, spec: str, path: str) -> ModelBundle:
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    tes = [t for t in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if t is not None]
+    toks = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+    family = detect_family(dict(pipe.unet.config), dict(sched.config))
+    return ModelBundle(family, pipe.unet, pipe.vae, sched, tes, toks, source=spec, path=path)
+
+
+def model_index(spec: str) -> dict:
+    """model_index.json of a resolved local folder ({} if not a folder)."""
+    p = Path(resolve_model(spec)) / "model_index.json"
+    return json.loads(p.read_text()) if p.exists() else {}
