@@ -1,0 +1,109 @@
+"""Putting LoRA adapters into the U-Net (and optionally the text encoders) with peft.
+
+The adapters are peft `LoraConfig`s added through diffusers' `add_adapter` (U-Net) and transformers'
+`add_adapter` (CLIP), so diffusers' `save_lora_weights`/`load_lora_weights` and peft's state-dict helpers
+work on them unchanged. Target presets use kohya users' vocabulary:
+- "attn":    to_q, to_k, to_v, to_out.0 of every self- and cross-attention (the diffusers-script default);
+- "attn-ff": adds proj_in, proj_out and the feed-forward (ff.net.0.proj, ff.net.2) of each transformer
+             block: kohya's default set for the U-Net;
+- "custom":  `target_modules` as given (peft suffix matching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_kit.config.schema import NetworkConfig
+
+ADAPTER_NAME = "default"
+UNET_TARGETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "attn-ff": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
+}
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def unet_target_modules(net: NetworkConfig) -> list[str]:
+    return list(net.target_modules) if net.target == "custom" else list(UNET_TARGETS[net.target])
+
+
+def _init(net: NetworkConfig):
+    # peft: True = kaiming A / zero B ("default"); "gaussian" = normal A / zero B (diffusers scripts).
+    return {"default": True, "zeros": True}.get(net.init, net.init)
+
+
+def unet_lora_config(net: NetworkConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=net.rank,
+        lora_alpha=net.alpha,
+        lora_dropout=net.dropout,
+        init_lora_weights=_init(net),
+        target_modules=unet_target_modules(net),
+        use_dora=net.use_dora,
+    )
+
+
+def text_encoder_lora_config(net: NetworkConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=net.text_encoder_rank or net.rank,
+        lora_alpha=net.text_encoder_alpha or net.alpha,
+        lora_dropout=net.dropout,
+        init_lora_weights=_init(net),
+        target_modules=TEXT_ENCODER_TARGETS,
+        use_dora=net.use_dora,
+    )
+
+
+@dataclass
+class InjectedAdapters:
+    unet_params: list
+    text_encoder_params: list
+    unet_config: object
+    text_encoder_config: object | None
+
+
+def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype) -> InjectedAdapters:
+    """Freeze the base (in the training dtype), add adapters, keep adapter parameters in fp32."""
+    import torch
+    from diffusers.training_utils import cast_training_params
+
+    modules = [unet] + list(text_encoders)
+    for m in modules:
+        m.requires_grad_(False)
+        m.to(dtype=train_dtype)
+    ucfg = unet_lora_config(net)
+    unet.add_adapter(ucfg, adapter_name=ADAPTER_NAME)
+    tcfg = None
+    if net.train_text_encoder:
+        tcfg = text_encoder_lora_config(net)
+        for te in text_encoders:
+            te.add_adapter(tcfg, adapter_name=ADAPTER_NAME)
+    trained = [unet] + (list(text_encoders) if net.train_text_encoder else [])
+    # fp16/bf16 adapter weights lose small updates; the diffusers scripts upcast them the same way.
+    cast_training_params(trained, dtype=torch.float32)
+    unet_params = [p for p in unet.parameters() if p.requires_grad]
+    te_params = [p for te in text_encoders for p in te.parameters() if p.requires_grad]
+    return InjectedAdapters(unet_params, te_params, ucfg, tcfg)
+
+
+def adapter_state_dicts(unet, text_encoders: list, train_text_encoder: bool) -> tuple[dict, list[dict]]:
+    """peft state dicts (keys without adapter name): U-Net, and each text encoder if trained."""
+    from peft import get_peft_model_state_dict
+
+    unet_sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    te_sds = [get_peft_model_state_dict(te, adapter_name=ADAPTER_NAME) for te in text_encoders] if train_text_encoder else []
+    return unet_sd, te_sds
+
+
+def load_adapter_state_dicts(unet, text_encoders: list, unet_sd: dict, te_sds: list[dict]) -> None:
+    from peft import set_peft_model_state_dict
+
+    res = set_peft_model_state_dict(unet, unet_sd, adapter_name=ADAPTER_NAME)
+    if getattr(res, "unexpected_keys", None):
+        raise RuntimeError(f"unexpected adapter keys: {res.unexpected_keys[:5]}")
+    for te, sd in zip(text_encoders, te_sds):
+        set_peft_model_state_dict(te, sd, adapter_name=ADAPTER_NAME)

@@ -1,0 +1,55 @@
+"""Cross-field checks: each message says which key to change and to what."""
+
+from __future__ import annotations
+
+from lora_kit.config.schema import Recipe
+from lora_kit.errors import UserError
+
+
+def _fail(recipe: Recipe, key: str, msg: str) -> None:
+    raise UserError(f"{recipe.source or '<recipe>'}: {key}: {msg}")
+
+
+def _unit_interval(recipe: Recipe, key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        _fail(recipe, key, f"expected a number between 0 and 1, got {value}")
+
+
+def check_recipe(r: Recipe) -> None:
+    if not r.dataset.path:
+        _fail(r, "[dataset] path", "missing: set it to a folder of images (or builtin:NAME)")
+    if r.network.rank < 1:
+        _fail(r, "[network] rank", f"expected an integer >= 1, got {r.network.rank}")
+    if r.network.alpha <= 0:
+        _fail(r, "[network] alpha", f"expected a number > 0, got {r.network.alpha}")
+    if r.network.target == "custom" and not r.network.target_modules:
+        _fail(r, "[network] target_modules", "target = \"custom\" needs a list of module names")
+    if r.network.target not in ("attn", "attn-ff", "custom"):
+        _fail(r, "[network] target", f"expected \"attn\", \"attn-ff\" or \"custom\", got {r.network.target!r}")
+    for key, val in (("tag_dropout", r.dataset.tag_dropout), ("caption_dropout", r.dataset.caption_dropout), ("validation_split", r.dataset.validation_split)):
+        _unit_interval(r, f"[dataset] {key}", val)
+    if r.dataset.keep_tokens < 0:
+        _fail(r, "[dataset] keep_tokens", "expected an integer >= 0")
+    if r.dataset.repeats < 1 or r.dataset.reg_repeats < 1:
+        _fail(r, "[dataset] repeats", "expected an integer >= 1")
+    b = r.buckets
+    if b.bucket_reso_steps < 8 or b.bucket_reso_steps % 8:
+        _fail(r, "[buckets] bucket_reso_steps", f"expected a multiple of 8, got {b.bucket_reso_steps}")
+    if b.min_bucket_reso > b.resolution or b.max_bucket_reso < b.resolution:
+        _fail(r, "[buckets] min_bucket_reso/max_bucket_reso", f"resolution {b.resolution} must lie between them ({b.min_bucket_reso}..{b.max_bucket_reso})")
+    if not 0 <= r.loss.min_timestep < r.loss.max_timestep <= 1000:
+        _fail(r, "[loss] min_timestep/max_timestep", "expected 0 <= min_timestep < max_timestep <= 1000")
+    if r.loss.min_snr_gamma < 0:
+        _fail(r, "[loss] min_snr_gamma", "expected 0 (off) or a positive number such as 5")
+    if r.train.batch_size < 1 or r.train.gradient_accumulation_steps < 1:
+        _fail(r, "[train] batch_size", "batch_size and gradient_accumulation_steps must be >= 1")
+    if r.train.max_steps <= 0 and r.train.epochs <= 0:
+        _fail(r, "[train] max_steps", "set max_steps > 0 or epochs > 0")
+    if r.dataset.reg_path and r.loss.prior_loss_weight <= 0:
+        _fail(r, "[loss] prior_loss_weight", "must be > 0 when [dataset] reg_path is set (or remove reg_path)")
+    if r.optimizer.name == "prodigy" and r.optimizer.lr < 0.1:
+        _fail(r, "[optimizer] lr", "Prodigy adapts the step size itself: set lr = 1.0")
+    if r.sample.control_image and not r.sample.controlnet:
+        _fail(r, "[sample] controlnet", "control_image needs a controlnet (folder or hub id)")
+    if len(r.optimizer.betas) != 2:
+        _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")

@@ -1,0 +1,187 @@
+"""The recipe schema: typed dataclasses, one per TOML section.
+
+These dataclasses *are* the schema (litgpt-style): the loader validates a TOML file against them, the CLI
+overrides `section.key=value` against them, and docs/recipes.md documents every field. Names follow
+kohya-ss/sd-scripts where a kohya user would look for them (repeats, keep_tokens, bucket_reso_steps,
+caption_dropout, min_snr_gamma, noise_offset, prior_loss_weight...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+Precision = Literal["no", "fp16", "bf16"]
+SavePrecision = Literal["fp32", "fp16", "bf16"]
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = "builtin:tiny-sd15"  # builtin:NAME, a diffusers folder, a .safetensors file or a Hub id
+    revision: str = ""
+    variant: str = ""
+    single_file_config: str = ""  # for a single-file checkpoint: a diffusers folder/hub id of its architecture
+    vae: str = ""  # optional VAE override (folder or hub id), e.g. an fp16-fixed SDXL VAE
+    clip_skip: int = 1  # 1 = last layer; 2 = penultimate (SD1 anime models)
+    zero_terminal_snr: bool = False  # rescale betas to zero terminal SNR (use with v-prediction)
+
+
+@dataclass
+class DatasetConfig:
+    path: str = ""  # kohya folder (N_name subfolders), imagefolder with metadata.jsonl/csv, or save_to_disk folder
+    kind: Literal["auto", "folder", "imagefolder", "hf_disk"] = "auto"
+    image_column: str = "image"
+    caption_column: str = "text"
+    caption_extension: str = ".txt"  # sidecar extension; ".caption" also read when this is missing
+    repeats: int = 1  # for images not in an N_name folder
+    class_tokens: str = ""  # fallback caption when an image has none (folder name of N_name overrides)
+    trigger_word: str = ""  # prefixed to every caption (kept first when tags are shuffled)
+    shuffle_tags: bool = False  # kohya shuffle_caption
+    keep_tokens: int = 0  # leading tags never shuffled or dropped
+    tag_separator: str = ","
+    tag_dropout: float = 0.0  # kohya caption_tag_dropout_rate
+    caption_dropout: float = 0.0  # whole caption replaced by "" (trains the unconditional branch for CFG)
+    flip_aug: bool = False
+    reg_path: str = ""  # regularisation (class) images for prior preservation
+    reg_repeats: int = 1
+    reg_class_tokens: str = ""  # caption of reg images without sidecar, e.g. "a star"
+    validation_split: float = 0.0  # fraction held out for validation loss (seeded)
+    max_images: int = 0  # 0 = all
+
+
+@dataclass
+class BucketConfig:
+    enabled: bool = True
+    resolution: int = 512  # target area is resolution^2 (SDXL: 1024)
+    bucket_reso_steps: int = 64  # bucket sides are multiples of this
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024
+    bucket_no_upscale: bool = False  # never enlarge a small image; its bucket shrinks instead
+    random_crop: bool = False  # else centre crop
+
+
+@dataclass
+class CacheConfig:
+    latents: bool = True  # VAE latents cached on disk (safetensors), keyed by content hash + bucket + crop + flip + VAE
+    text: Literal["auto", "on", "off"] = "auto"  # auto: cache only when captions are static
+    dir: str = ""  # default: <lora-kit cache>/cache
+
+
+@dataclass
+class NetworkConfig:
+    rank: int = 16  # kohya network_dim
+    alpha: float = 16.0  # kohya network_alpha; the update is scaled by alpha/rank
+    dropout: float = 0.0
+    target: str = "attn"  # attn | attn-ff | custom
+    target_modules: list[str] = field(default_factory=list)  # used when target = "custom"
+    init: Literal["gaussian", "default", "pissa", "olora", "loftq", "zeros"] = "gaussian"
+    use_dora: bool = False
+    train_text_encoder: bool = False
+    text_encoder_rank: int = 0  # 0 = same as rank
+    text_encoder_alpha: float = 0.0  # 0 = same as alpha
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw8bit", "adamw", "lion8bit", "prodigy"] = "adamw8bit"
+    lr: float = 1e-4  # kohya unet_lr
+    text_encoder_lr: float = 5e-5
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    args: dict = field(default_factory=dict)  # extra keyword arguments for the optimizer class
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "piecewise_constant"
+    ] = "constant"
+    warmup_steps: int = 0
+    num_cycles: int = 1
+    power: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1  # per process
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 0  # 0 = derived from epochs
+    epochs: int = 1
+    mixed_precision: Precision = "no"
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    num_workers: int = 0
+    attention: Literal["sdpa", "default"] = "sdpa"
+
+
+@dataclass
+class LossConfig:
+    min_snr_gamma: float = 0.0  # 0 = off; 5 is the paper's value
+    noise_offset: float = 0.0
+    min_timestep: int = 0
+    max_timestep: int = 1000
+    prior_loss_weight: float = 1.0
+
+
+@dataclass
+class ValidationConfig:
+    every_n_steps: int = 0  # 0 = off
+    timesteps: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
+    seed: int = 1234
+
+
+@dataclass
+class SaveConfig:
+    every_n_steps: int = 0  # training-state checkpoints (exact resume); 0 = only at the end
+    keep_last: int = 3
+    export_every_n_steps: int = 0  # intermediate adapter files
+    precision: SavePrecision = "fp16"
+    title: str = ""
+    author: str = ""
+    description: str = ""
+    license: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SampleConfig:
+    every_n_steps: int = 0  # 0 = off (a final grid is still rendered when prompts are given)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompt: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "dpm++2m"
+    width: int = 0  # 0 = bucket resolution
+    height: int = 0
+    control_image: str = ""  # optional ControlNet conditioning image
+    controlnet: str = ""  # ControlNet folder or hub id used with control_image
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    every_n_steps: int = 1
+
+
+@dataclass
+class Recipe:
+    name: str = "lora"  # output name: <output_dir>/<name>.safetensors
+    output_dir: str = "runs/{name}"
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    buckets: BucketConfig = field(default_factory=BucketConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Optional[str] = None  # the file it came from (set by the loader, not read from TOML)
