@@ -53,3 +53,19 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[sample] controlnet", "control_image needs a controlnet (folder or hub id)")
     if len(r.optimizer.betas) != 2:
         _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")
+
+
+def check_paths(r: Recipe) -> None:
+    """Paths that must exist before a run starts (separate so shipped templates validate without data)."""
+    from pathlib import Path
+
+    from lora_kit.paths import is_builtin, resolve_dataset_path
+
+    for key, value in (("[dataset] path", r.dataset.path), ("[dataset] reg_path", r.dataset.reg_path)):
+        if value and not resolve_dataset_path(value).exists():
+            _fail(r, key, f"{value} does not exist (expected a folder of images, builtin:NAME or a dataset folder)")
+    if r.sample.control_image and not Path(r.sample.control_image).exists():
+        _fail(r, "[sample] control_image", f"{r.sample.control_image} does not exist")
+    m = r.model.pretrained
+    if not is_builtin(m) and (m.startswith((".", "/", "~")) or m.endswith(".safetensors")) and not Path(m).expanduser().exists():
+        _fail(r, "[model] pretrained", f"{m} does not exist (a diffusers folder, a .safetensors file, a Hub id or builtin:NAME)")

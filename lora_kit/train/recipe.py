@@ -1,0 +1,250 @@
+"""The LoRA training recipe: setup -> train -> save -> cleanup (torchtune-style, no inheritance).
+
+Read top to bottom: `setup` builds everything from the recipe (accelerator, models, adapters, data,
+optimizer, schedule, trackers) and resumes if asked; `train` is the loop; `save` writes the adapter
+files. The per-step math lives in step.py and loss.py; file formats in lora_kit.adapters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from lora_kit.config.schema import Recipe
+from lora_kit.train import checkpoint as ckpt
+from lora_kit.train.step import StepContext, forward_loss
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class LoraTrainer:
+    def __init__(self, recipe: Recipe, resume: str | None = None, stop_after: int = 0):
+        self.recipe = recipe
+        self.resume = resume
+        self.stop_after = stop_after  # stop (with a checkpoint) after this many steps in this process' run
+        self.out = Path(recipe.output_dir)
+        self.global_step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        r = self.recipe
+        self.accelerator = acc = Accelerator(
+            mixed_precision=r.train.mixed_precision,
+            gradient_accumulation_steps=r.train.gradient_accumulation_steps,
+            log_with="tensorboard" if r.log.tensorboard else None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        set_seed(r.seed)
+        self.weight_dtype = DTYPES[acc.mixed_precision]
+        self._load_model()
+        self._inject()
+        self._build_data()
+        self._build_optimizer()
+        self._register_checkpoint_hooks()
+        self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, self.optimizer, self.lr_scheduler)
+        if r.network.train_text_encoder:
+            self.text_encoders = [acc.prepare(te) for te in self.text_encoders]
+        self.ctx = self._step_context()
+        if acc.is_main_process:
+            from lora_kit.config.load import write_resolved
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_resolved(r, self.out)
+            if r.log.tensorboard:
+                from lora_kit.train.report import tracker_config
+
+                acc.init_trackers("lora-kit", config=tracker_config(r))
+        self._maybe_resume()
+
+    def _load_model(self) -> None:
+        from lora_kit.models.loading import load_model
+
+        r, acc = self.recipe, self.accelerator
+        with acc.main_process_first():  # builtin presets materialise once, on the main process
+            self.bundle = load_model(
+                r.model.pretrained, revision=r.model.revision or None, variant=r.model.variant or None,
+                single_file_config=r.model.single_file_config or None,
+            )
+        b = self.bundle
+        if r.model.vae:
+            from diffusers import AutoencoderKL
+
+            b.vae = AutoencoderKL.from_pretrained(r.model.vae)
+        if r.model.zero_terminal_snr:
+            from diffusers import DDPMScheduler
+
+            b.noise_scheduler = DDPMScheduler.from_config(b.noise_scheduler.config, rescale_betas_zero_snr=True)
+        # The SDXL VAE overflows in fp16 (NaN latents); it is kept in fp32 unless the user gave a fixed VAE.
+        vae_dtype = torch.float32 if (b.is_sdxl and not r.model.vae) else self.weight_dtype
+        b.vae.requires_grad_(False).to(acc.device, dtype=vae_dtype)
+        self.unet = b.unet
+        self.text_encoders = b.text_encoders
+
+    def _inject(self) -> None:
+        from lora_kit.adapters.inject import inject_lora
+
+        r = self.recipe
+        if r.train.attention == "sdpa":
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled_dot_product_attention
+        self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype)
+        self.unet.to(self.accelerator.device)
+        for te in self.text_encoders:
+            te.to(self.accelerator.device)
+        if r.train.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if r.network.train_text_encoder:
+                for te in self.text_encoders:
+                    te.gradient_checkpointing_enable()
+
+    def _build_data(self) -> None:
+        from lora_kit.train.data import build_training_data
+
+        self.data = build_training_data(self.recipe, self.bundle, self.accelerator)
+        r = self.recipe
+        per_epoch = math.ceil(len(self.data.sampler) / r.train.gradient_accumulation_steps)
+        self.steps_per_epoch = max(per_epoch, 1)
+        self.total_steps = r.train.max_steps or r.train.epochs * self.steps_per_epoch
+
+    def _build_optimizer(self) -> None:
+        from lora_kit.train.optim import build_lr_scheduler, build_optimizer, param_groups
+
+        r = self.recipe
+        groups = param_groups(self.adapters.unet_params, self.adapters.text_encoder_params, r.optimizer)
+        self.optimizer = build_optimizer(groups, r.optimizer)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, r.scheduler, self.total_steps, self.accelerator.num_processes)
+
+    def _register_checkpoint_hooks(self) -> None:
+        from lora_kit.train.hooks import register_adapter_hooks
+
+        register_adapter_hooks(self)
+
+    def _step_context(self) -> StepContext:
+        r, b = self.recipe, self.bundle
+        return StepContext(
+            unet=self.unet, vae=b.vae, text_encoders=self.text_encoders, tokenizers=b.tokenizers,
+            alphas_cumprod=b.noise_scheduler.alphas_cumprod.to(self.accelerator.device),
+            prediction_type=b.prediction_type, sdxl=b.is_sdxl, clip_skip=r.model.clip_skip,
+            weight_dtype=self.weight_dtype, device=self.accelerator.device, seed=r.seed,
+            noise_offset=r.loss.noise_offset, min_timestep=r.loss.min_timestep, max_timestep=r.loss.max_timestep,
+            min_snr_gamma=r.loss.min_snr_gamma, prior_loss_weight=r.loss.prior_loss_weight,
+        )
+
+    def _maybe_resume(self) -> None:
+        root = self.out / "checkpoints"
+        if self.accelerator.is_main_process:
+            ckpt.clean_partials(root)
+        if not self.resume:
+            return
+        path = ckpt.resolve_resume(self.resume, root)
+        if path is None:
+            self.accelerator.print(f"--resume {self.resume}: no checkpoint in {root}, starting from step 0")
+            return
+        state = ckpt.load_checkpoint(self.accelerator, path)
+        self.global_step, self.epoch, self.batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
+        self.started_at = state.get("started_at", self.started_at)
+        self.accelerator.print(f"resumed from {path.name}: step {self.global_step}, epoch {self.epoch}, batch {self.batch_in_epoch}")
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        from lora_kit.train.report import StepMeter, print_summary, progress_bar
+
+        acc, r = self.accelerator, self.recipe
+        if acc.is_main_process:
+            print_summary(self)
+        bar = progress_bar(self, acc.is_main_process)
+        meter = StepMeter()
+        steps_this_run = 0
+        self.unet.train()
+        while self.global_step < self.total_steps:
+            for batch in self.data.batches(self.epoch, self.batch_in_epoch):
+                self.batch_in_epoch += 1
+                with acc.accumulate(self.unet):
+                    loss, info = forward_loss(self.ctx, batch, self.global_step)
+                    acc.backward(loss)
+                    grad_norm = None
+                    if acc.sync_gradients and r.train.max_grad_norm > 0:
+                        grad_norm = acc.clip_grad_norm_(self._trained_params(), r.train.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                meter.add(loss.detach(), info["batch_size"] * acc.num_processes)
+                if not acc.sync_gradients:
+                    continue
+                self.global_step += 1
+                steps_this_run += 1
+                self._after_step(meter, grad_norm, bar)
+                if self.global_step >= self.total_steps or (self.stop_after and steps_this_run >= self.stop_after):
+                    break
+            else:  # epoch finished
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                continue
+            if self.stop_after and steps_this_run >= self.stop_after and self.global_step < self.total_steps:
+                self.save_checkpoint()
+                bar.close()
+                return
+            if self.global_step >= self.total_steps:
+                break
+        bar.close()
+
+    def _trained_params(self) -> list:
+        return self.adapters.unet_params + self.adapters.text_encoder_params
+
+    def _after_step(self, meter, grad_norm, bar) -> None:
+        from lora_kit.train.report import log_step
+
+        r, s = self.recipe, self.global_step
+        log_step(self, meter, grad_norm, bar)
+        if r.validation.every_n_steps and s % r.validation.every_n_steps == 0:
+            self.validate()
+        if r.save.every_n_steps and s % r.save.every_n_steps == 0 and s < self.total_steps:
+            self.save_checkpoint()
+        if r.save.export_every_n_steps and s % r.save.export_every_n_steps == 0 and s < self.total_steps:
+            self.export(suffix=f"-step{s:06d}")
+        if r.sample.every_n_steps and r.sample.prompts and s % r.sample.every_n_steps == 0:
+            self.sample()
+
+    def run_state(self) -> dict:
+        return {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "started_at": self.started_at, "total_steps": self.total_steps}
+
+    def save_checkpoint(self) -> Path:
+        return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.global_step, self.run_state(), self.recipe.save.keep_last)
+
+    def validate(self) -> float | None:
+        from lora_kit.train.validation import validation_loss
+
+        return validation_loss(self)
+
+    def sample(self) -> Path | None:
+        from lora_kit.train.sampling import render_samples
+
+        return render_samples(self)
+
+    # ------------------------------------------------------------------ save
+    def export(self, suffix: str = "") -> dict:
+        from lora_kit.train.export import export_adapters
+
+        return export_adapters(self, suffix)
+
+    def save(self) -> dict:
+        """Final adapter files (main process), a final sample grid if prompts are set."""
+        self.accelerator.wait_for_everyone()
+        files = self.export()
+        if self.recipe.sample.prompts:
+            self.sample()
+        return files
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()

@@ -1,0 +1,105 @@
+"""What a person sees during training: the one-screen summary, the progress bar, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+
+def tracker_config(recipe) -> dict:
+    """Flat scalar hyper-parameters for TensorBoard's hparams view."""
+    from lora_kit.config.load import recipe_to_dict
+
+    flat = {}
+    for section, values in recipe_to_dict(recipe).items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                if isinstance(v, (int, float, str, bool)):
+                    flat[f"{section}.{k}"] = v
+        elif isinstance(values, (int, float, str, bool)):
+            flat[section] = values
+    return flat
+
+
+def trainable_parameters(trainer) -> int:
+    return sum(p.numel() for p in trainer._trained_params())
+
+
+def print_summary(trainer, file=sys.stdout) -> None:
+    r, b, d, acc = trainer.recipe, trainer.bundle, trainer.data, trainer.accelerator
+    stats = d.stats
+    hist = ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(stats.bucket_histogram.items()))
+    global_batch = r.train.batch_size * acc.num_processes * r.train.gradient_accumulation_steps
+    lines = [
+        "=" * 72,
+        f"lora-kit train  {r.name}  ->  {trainer.out}",
+        f"model       {b.source}  [{b.family}, {b.prediction_type}]",
+        f"dataset     {r.dataset.path}: {stats.num_train_images} images ({stats.num_reg_images} reg), "
+        f"{stats.num_samples} samples/epoch after repeats, {stats.skipped} skipped",
+        f"buckets     {hist}",
+        f"steps       {trainer.total_steps} ({trainer.steps_per_epoch}/epoch), batch {r.train.batch_size} x "
+        f"{acc.num_processes} proc x {r.train.gradient_accumulation_steps} accum = {global_batch}",
+        f"precision   {acc.mixed_precision}; grad checkpointing {r.train.gradient_checkpointing}; attention {r.train.attention}",
+        f"optimizer   {r.optimizer.name} lr {r.optimizer.lr:g}"
+        + (f", text encoder lr {r.optimizer.text_encoder_lr:g}" if r.network.train_text_encoder else "")
+        + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})",
+        f"network     LoRA rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
+        + (" + text encoder" if r.network.train_text_encoder else "")
+        + f"; {trainable_parameters(trainer):,} trainable parameters",
+        f"loss        {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "
+        f"timesteps [{r.loss.min_timestep}, {r.loss.max_timestep})",
+        f"cache       latents {'on' if d.latents_cached else 'off'}; text {'on' if d.text_cached else 'off'}",
+        "=" * 72,
+    ]
+    print("\n".join(lines), file=file, flush=True)
+
+
+def progress_bar(trainer, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=trainer.total_steps, initial=trainer.global_step, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+class StepMeter:
+    """Loss and throughput between two logged steps."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.losses, self.images, self.t0 = [], 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.losses.append(float(loss))
+        self.images += images
+
+    def read(self) -> tuple[float, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        loss = sum(self.losses) / max(len(self.losses), 1)
+        return loss, self.images / dt
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # CPU: peak resident set size of the process (Linux reports KiB).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def log_step(trainer, meter: StepMeter, grad_norm, bar) -> None:
+    acc, r, s = trainer.accelerator, trainer.recipe, trainer.global_step
+    loss, ips = meter.read()
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
+    trainer.last_loss = loss
+    if s % r.log.every_n_steps == 0 or s == trainer.total_steps:
+        logs = {"train/loss": loss, "perf/images_per_s": ips, "perf/peak_memory_mb": peak_memory_mb(acc.device)}
+        for group, lr in zip(trainer.optimizer.param_groups, trainer.lr_scheduler.get_last_lr()):
+            logs[f"lr/{group.get('name', 'group')}"] = lr
+        if grad_norm is not None:
+            logs["train/grad_norm"] = float(grad_norm)
+        acc.log(logs, step=s)
+        meter.reset()
