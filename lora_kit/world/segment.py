@@ -18,6 +18,14 @@ def border_pixels(rgb: np.ndarray, width: int) -> np.ndarray:
     return rgb[ring]
 
 
+def median3(rgb: np.ndarray) -> np.ndarray:
+    """3x3 per-channel median (edges replicated): removes pixel noise, keeps edges where they are."""
+    h, w = rgb.shape[:2]
+    pad = np.pad(rgb, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    stack = np.stack([pad[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
+    return np.median(stack, axis=0).astype(rgb.dtype)
+
+
 def foreground_mask(rgb: np.ndarray, background: np.ndarray, floor: float = 30.0, cap: float = 60.0) -> np.ndarray:
     """Pixels far (RGB distance) from the background colour.
 

@@ -57,6 +57,9 @@ MIN_CONTRAST = 100.0
 # Stripes run diagonally ("/"), one period every STRIPE_PERIOD pixels of x+y, half shape colour and half
 # a tint of it: 16 px on each axis is 4 latent pixels of the 4x VAE, coarse enough to survive it.
 STRIPE_PERIOD = 16
+# A striped shape is at least this big, so that two stripe periods show even on its inner part (the
+# scorer reads texture away from the blurred outline).
+STRIPE_MIN_SIZE = 28
 SIZE_RANGE = (0.45, 0.8)  # shape extent as a fraction of the canvas' short side
 MARGIN = 3  # pixels of background kept around the shape, so its border reads as background
 _SS = 4  # supersampling factor of the anti-aliasing
@@ -148,6 +151,8 @@ def sample_scene(
             break
     short = min(width, height)
     lo, hi = (int(round(f * short)) for f in size_range)
+    if fill == "stripes":
+        lo = max(lo, STRIPE_MIN_SIZE)
     size = int(rng.integers(lo, min(hi, short - 2 * MARGIN) + 1))
     ew, eh = shape_extent(shape, size)
     cx = int(rng.integers(math.ceil(MARGIN + ew / 2), math.floor(width - MARGIN - ew / 2) + 1))

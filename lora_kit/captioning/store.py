@@ -1,0 +1,190 @@
+"""Where captions live: `.txt`/`.caption` sidecars or an imagefolder `metadata.jsonl`, plus a progress log.
+
+Every file is replaced atomically (temp file in the same folder + os.replace), so a killed run leaves
+each caption either old or new, never half-written. The progress log makes a run resumable in every
+write mode: it is appended one line per finished image (a single write call; a truncated last line
+is ignored on reload) and removed when the run completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+from lora_kit.captioning.scan import ImageItem
+from lora_kit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.jsonl"
+PROGRESS_FILE = ".lora-kit-caption-progress.jsonl"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _norm_rel(name: str) -> str:
+    return PurePosixPath(name.replace("\\", "/")).as_posix().removeprefix("./")
+
+
+class SidecarStore:
+    """`image.png` -> `image.txt` (or another extension) beside it, written as soon as it is captioned."""
+
+    def __init__(self, root: Path, extension: str = ".txt"):
+        self.root = root
+        self.extension = extension
+
+    def path_for(self, item: ImageItem) -> Path:
+        return item.path.with_suffix(self.extension)
+
+    def existing(self, item: ImageItem) -> str | None:
+        p = self.path_for(item)
+        if not p.is_file():
+            return None
+        return p.read_text(encoding="utf-8", errors="replace").strip()
+
+    def write(self, item: ImageItem, text: str) -> None:
+        atomic_write_text(self.path_for(item), text + "\n")
+
+    def restore(self, item: ImageItem, text: str) -> None:
+        """A caption logged by an interrupted run is already on disk (the log is written after it)."""
+
+    def finish(self) -> None:
+        """Nothing buffered: sidecars are written one by one."""
+
+    @property
+    def target(self) -> str:
+        return f"{self.extension} sidecars"
+
+
+class JsonlStore:
+    """`metadata.jsonl` at the dataset root ({"file_name", "text"} per line, datasets' imagefolder format).
+
+    Records of images not captioned now, and extra columns, are kept. New captions are buffered and
+    the file is rewritten once at the end (atomically); the progress log carries them until then.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = root / METADATA_FILE
+        self.records: dict[str, dict] = {}
+        self.dirty = False
+        if self.path.is_file():
+            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    self.records[_norm_rel(rec["file_name"])] = rec
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise UserError(f"{self.path}:{n}: not an imagefolder metadata line ({exc})") from None
+
+    def existing(self, item: ImageItem) -> str | None:
+        rec = self.records.get(item.rel)
+        return None if rec is None or rec.get("text") is None else str(rec["text"]).strip()
+
+    def write(self, item: ImageItem, text: str) -> None:
+        self.set(item.rel, text)
+
+    def restore(self, item: ImageItem, text: str) -> None:
+        self.set(item.rel, text)  # logged by an interrupted run, maybe not yet in metadata.jsonl
+
+    def set(self, rel: str, text: str) -> None:
+        rec = self.records.setdefault(rel, {"file_name": rel})
+        if rec.get("text") != text:
+            rec["text"] = text
+            self.dirty = True
+
+    def finish(self) -> None:
+        if not self.dirty:
+            return
+        lines = (json.dumps(rec, ensure_ascii=False) for rec in self.records.values())
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+        self.dirty = False
+
+    @property
+    def target(self) -> str:
+        return METADATA_FILE
+
+
+def make_store(root: Path, output: str, extension: str) -> SidecarStore | JsonlStore:
+    if output == "jsonl":
+        return JsonlStore(root)
+    if output == "txt":
+        return SidecarStore(root, extension)
+    raise UserError(f"unknown caption format {output!r} (txt or jsonl)")
+
+
+def run_signature(parts: dict) -> str:
+    """A short hash of what decides the captions; a progress log of another configuration is not reused."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class ProgressLog:
+    """Append-only record of the images a run finished: {"file_name", "text"} per line after a header."""
+
+    def __init__(self, root: Path, signature: str):
+        self.path = root / PROGRESS_FILE
+        self.signature = signature
+        self._file = None
+
+    def load(self) -> dict[str, str]:
+        """Captions finished by an interrupted run of the same configuration; {} otherwise."""
+        if not self.path.is_file():
+            return {}
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except ValueError:
+            header = {}
+        if header.get("signature") != self.signature:
+            log.warning("ignoring %s: it was left by a run with other settings", self.path.name)
+            return {}
+        done = {}
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+                done[rec["file_name"]] = rec["text"]
+            except (ValueError, KeyError, TypeError):
+                continue  # the last line of a killed run may be cut short
+        return done
+
+    def start(self, done: dict[str, str]) -> None:
+        """Rewrite the log with the header and the records carried over, then append from there."""
+        lines = [json.dumps({"lora_kit_caption_progress": 1, "signature": self.signature})]
+        lines += [json.dumps({"file_name": k, "text": v}, ensure_ascii=False) for k, v in done.items()]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def add(self, rel: str, text: str) -> None:
+        # One write of one whole line; flushed so that a killed process loses at most this line.
+        self._file.write(json.dumps({"file_name": rel, "text": text}, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self, complete: bool) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if complete:
+            self.path.unlink(missing_ok=True)
+
+
+def all_captions(store: SidecarStore | JsonlStore, items: Iterable[ImageItem]) -> list[str]:
+    """The captions the dataset has now, for the tag frequency table."""
+    return [c for c in (store.existing(it) for it in items) if c]

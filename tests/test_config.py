@@ -1,0 +1,102 @@
+"""Recipes: every shipped recipe validates; errors are one line naming file, key and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_kit.config.checks import check_paths
+from lora_kit.config.load import dump_recipe, load_recipe, recipe_from_dict
+from lora_kit.errors import UserError
+from lora_kit.paths import recipes_dir
+
+RECIPES = sorted(recipes_dir().glob("*.toml"))
+
+
+def test_recipes_are_shipped():
+    names = {p.stem for p in RECIPES}
+    assert {"tiny-smoke", "sd15-style", "sd15-subject"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.dataset.path
+    # The resolved dump parses back to the same recipe.
+    again = recipe_from_dict(__import__("tomllib").loads(dump_recipe(recipe)), "dump")
+    assert dump_recipe(again).splitlines()[1:] == dump_recipe(recipe).splitlines()[1:]
+    if recipe.dataset.path.startswith("builtin:"):
+        check_paths(recipe)  # builtin data must exist after install
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('[dataset]\npath="x"\n[network]\nrank="sixteen"\n', "r.toml: [network] rank: expected an integer, got 'sixteen'"),
+        ('[dataset]\npath="x"\ncolour="red"\n', "r.toml: [dataset] colour: unknown key (expected one of:"),
+        ('[dataset]\npath="x"\n[train]\nmixed_precision="fp8"\n', "[train] mixed_precision: expected one of 'no', 'fp16', 'bf16', got 'fp8'"),
+        ('[dataset]\npath="x"\n[dataset.sub]\n', "[dataset] sub: unknown key"),
+        ('[network]\nrank=4\n', "[dataset] path: missing"),
+        ('[dataset]\npath="x"\ncaption_dropout=1.5\n', "[dataset] caption_dropout: expected a number between 0 and 1, got 1.5"),
+        ('[dataset]\npath="x"\n[buckets]\nbucket_reso_steps=60\n', "[buckets] bucket_reso_steps: expected a multiple of 8, got 60"),
+        ('[dataset]\npath="x"\n[optimizer]\nname="prodigy"\nlr=1e-4\n', "[optimizer] lr: Prodigy adapts the step size itself: set lr = 1.0"),
+        ('[dataset\npath="x"\n', "r.toml: not valid TOML"),
+    ],
+)
+def test_recipe_errors_name_file_key_and_expectation(tmp_path, text, expected):
+    with pytest.raises(UserError) as err:
+        load_recipe(_write(tmp_path, text))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_dataset_path_is_one_line(tmp_path):
+    recipe = load_recipe(_write(tmp_path, f'[dataset]\npath="{tmp_path}/nope"\n'))
+    with pytest.raises(UserError, match=r"\[dataset\] path: .*/nope does not exist"):
+        check_paths(recipe)
+
+
+def test_overrides_are_typed(tmp_path):
+    p = _write(tmp_path, '[dataset]\npath="x"\n')
+    r = load_recipe(p, ["network.rank=8", "network.alpha=4", "sample.prompts=[\"a\", \"b\"]", "name=run1", "dataset.trigger_word=zxq"])
+    assert (r.network.rank, r.network.alpha, r.sample.prompts, r.name, r.output_dir) == (8, 4.0, ["a", "b"], "run1", "runs/run1")
+    assert r.dataset.trigger_word == "zxq"
+    with pytest.raises(UserError, match=r"\[network\] rank: expected an integer, got 'x'"):
+        load_recipe(p, ["network.rank=x"])
+
+
+def test_cli_prints_one_line_error_without_traceback(tmp_path):
+    p = _write(tmp_path, '[dataset]\npath="x"\n[network]\nalpha="high"\n')
+    res = subprocess.run([sys.executable, "-m", "lora_kit", "recipe", str(p)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"lora-kit recipe: error: {p}: [network] alpha: expected a number, got 'high'"]
+
+
+def test_every_recipe_key_is_documented():
+    import dataclasses
+
+    from lora_kit.config.schema import Recipe
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "recipes.md").read_text()
+    missing = []
+    for f in dataclasses.fields(Recipe):
+        if f.name == "source":
+            continue
+        if dataclasses.is_dataclass(f.type) or isinstance(f.default_factory, type):
+            section = f.default_factory  # a dataclass type
+            assert f"## [{f.name}]" in doc, f.name
+            for sub in dataclasses.fields(section):
+                if f"| `{sub.name}` |" not in doc.split(f"## [{f.name}]")[1].split("\n## ")[0]:
+                    missing.append(f"{f.name}.{sub.name}")
+        elif f"| `{f.name}` |" not in doc:
+            missing.append(f.name)
+    assert missing == []
