@@ -41,6 +41,7 @@ STAR_SOLIDITY = 0.78
 SQUARE_FILL = 0.86
 ROUND_FILL = 0.66
 TRIANGLE_CENTROID = 0.565
+NOISY_BORDER = 6.0  # median RGB distance of border pixels to their median colour
 MIN_AREA = 12  # pixels; less is a speck, not a shape
 STRIPE_EXPLAINED = 0.55
 STRIPE_MIN_STD = 10.0  # luminance standard deviation (0..255) below which a shape is flat
@@ -102,9 +103,13 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 def segment(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(foreground mask, background RGB): the largest hole-free blob that differs from the border colour."""
     ring = max(1, min(rgb.shape[:2]) // 32)
-    background = np.median(border_pixels(rgb, ring).astype(np.float64), axis=0)
-    # Noise speckles attached to the outline would grow the bounding box and shrink a square's fill.
-    mask = largest_component(fill_holes(foreground_mask(median3(rgb), background)))
+    border = border_pixels(rgb, ring).astype(np.float64)
+    background = np.median(border, axis=0)
+    # Noise speckles attached to the outline would grow the bounding box and shrink a square's fill, so a
+    # noisy picture (judged by its border) is median-filtered first; a clean one is not, because the
+    # median also blunts the tips of stars and diamonds.
+    noise = float(np.median(np.linalg.norm(border - background, axis=1)))
+    mask = largest_component(fill_holes(foreground_mask(median3(rgb) if noise > NOISY_BORDER else rgb, background)))
     return mask, background
 
 
