@@ -50,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     load = chosen if chosen in COMMANDS else None
     parser = build_parser(load)
-    args = parser.parse_args(argv)
+    # Overrides (`section.key=value`) may come before or after options; argparse only collects a
+    # positional list that is not interrupted by options, so stray ones are gathered here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0

@@ -74,7 +74,8 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype) -> I
     modules = [unet] + list(text_encoders)
     for m in modules:
         m.requires_grad_(False)
-        m.to(dtype=train_dtype)
+        if m.dtype != train_dtype:
+            m.to(dtype=train_dtype)
     ucfg = unet_lora_config(net)
     unet.add_adapter(ucfg, adapter_name=ADAPTER_NAME)
     tcfg = None

@@ -36,7 +36,7 @@ _PLAIN = {
     "max_train_steps": "ss_max_train_steps", "learning_rate": "ss_learning_rate", "unet_lr": "ss_unet_lr",
     "text_encoder_lr": "ss_text_encoder_lr", "optimizer": "ss_optimizer", "lr_scheduler": "ss_lr_scheduler",
     "num_train_images": "ss_num_train_images", "num_reg_images": "ss_num_reg_images",
-    "batch_size": "ss_total_batch_size", "gradient_accumulation_steps": "ss_gradient_accumulation_steps",
+    "gradient_accumulation_steps": "ss_gradient_accumulation_steps",
     "seed": "ss_seed", "min_snr_gamma": "ss_min_snr_gamma", "noise_offset": "ss_noise_offset",
     "clip_skip": "ss_clip_skip", "mixed_precision": "ss_mixed_precision", "network_dropout": "ss_network_dropout",
     "training_started_at": "ss_training_started_at", "training_finished_at": "ss_training_finished_at",
@@ -75,10 +75,6 @@ def _resolution(value) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def _num(v) -> str:
-    return str(float(v)) if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and False) else str(v)
-
-
 def _json(value) -> str:
     return json.dumps(scrub_paths(value), ensure_ascii=False, sort_keys=True, default=str)
 
@@ -112,9 +108,8 @@ def kohya_keys(info: dict) -> dict[str, str]:
         out["ss_dataset_dirs"] = _json(_folder_names(info["dataset_dirs"]))
     if info.get("base_model"):
         out["ss_sd_model_name"] = str(scrub_paths(str(info["base_model"])))
-    if info.get("batch_size") is not None and info.get("gradient_accumulation_steps") is not None:
-        out["ss_total_batch_size"] = str(int(info["batch_size"]) * int(info["gradient_accumulation_steps"]))
-        out["ss_batch_size_per_device"] = str(info["batch_size"])
+    if info.get("batch_size") is not None:  # images per optimizer step, all processes and accumulation
+        out["ss_total_batch_size"] = str(int(info["batch_size"]) * int(info.get("gradient_accumulation_steps") or 1))
     return out
 
 

@@ -19,13 +19,14 @@ from lora_kit.captioning.base import Caption, Captioner
 from lora_kit.captioning.edit import EditRules, edit_tags, merge_tags
 from lora_kit.captioning.scan import ImageItem, scan_dataset
 from lora_kit.captioning.store import ProgressLog, all_captions, make_store, run_signature
-from lora_kit.data.images import SkipCounter, try_load_image
+from lora_kit.data.images import SkipCounter, is_image_file, try_load_image
 from lora_kit.data.tags import join_tags, split_tags, tag_frequency
 from lora_kit.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MODES = ("skip", "append", "overwrite")
+GIVE_UP_AFTER = 10  # failures before any success: the captioner is broken, not the images
 
 
 @dataclass
@@ -50,6 +51,8 @@ class CaptionOptions:
             raise UserError("batch size must be >= 1")
         if not self.extension.startswith("."):
             self.extension = "." + self.extension
+        if is_image_file(self.extension) or self.extension in (".", ".jsonl"):
+            raise UserError(f"{self.extension!r} cannot be a caption extension (use .txt or .caption)")
 
 
 @dataclass
@@ -110,9 +113,32 @@ def _call_backend(captioner: Captioner, items: Sequence[ImageItem], images: list
         return [None]
 
 
-def _load_batch(pool: ThreadPoolExecutor, batch: Sequence[ImageItem], skips: SkipCounter):
-    images = list(pool.map(lambda it: try_load_image(it.path, skips), batch))
-    return [it for it, im in zip(batch, images) if im is not None], [im for im in images if im is not None]
+def _loaded_batches(pool: ThreadPoolExecutor, pending: list[ImageItem], size: int, skips: SkipCounter):
+    """Yield (batch, readable items, their images); the next batch decodes while this one is captioned."""
+    starts = range(0, len(pending), size)
+
+    def submit(i: int) -> list:
+        return [pool.submit(try_load_image, it.path, skips) for it in pending[i : i + size]]
+
+    ahead = submit(0) if pending else []
+    for n, start in enumerate(starts):
+        futures, batch = ahead, pending[start : start + size]
+        ahead = submit(starts[n + 1]) if n + 1 < len(starts) else []
+        images = [f.result() for f in futures]
+        yield batch, [it for it, im in zip(batch, images) if im is not None], [im for im in images if im is not None]
+
+
+def _scan(root: Path, store) -> list[ImageItem]:
+    """The dataset's images; of several sharing one sidecar (a.png, a.jpg) only the first is kept."""
+    items, owners = [], {}
+    for item in scan_dataset(root):
+        key = store.path_for(item) if hasattr(store, "path_for") else item.rel
+        if key in owners:
+            log.warning("%s and %s would share one caption file; only the first is captioned", owners[key], item.rel)
+            continue
+        owners[key] = item.rel
+        items.append(item)
+    return items
 
 
 def _limit(options: CaptionOptions) -> int | None:
@@ -141,8 +167,8 @@ def caption_dataset(dataset: str | Path, captioner: Captioner, options: CaptionO
     """Caption every image of `dataset` (recursively) with `captioner`; see CaptionOptions."""
     options = options or CaptionOptions()
     root = Path(dataset)
-    items = scan_dataset(root)
     store = make_store(root, options.output, options.extension)
+    items = _scan(root, store)
     report = CaptionReport(total=len(items), target=store.target)
     progress = ProgressLog(root, _signature("caption", captioner, options))
     done = {} if options.dry_run else progress.load()
@@ -154,14 +180,15 @@ def caption_dataset(dataset: str | Path, captioner: Captioner, options: CaptionO
     bar = tqdm(total=len(pending), unit="img", desc=f"caption ({captioner.name})", disable=not options.progress)
     try:
         with ThreadPoolExecutor(max(1, options.workers)) as pool:
-            for start in range(0, len(pending), options.batch_size):
-                batch = pending[start : start + options.batch_size]
-                ok_items, images = _load_batch(pool, batch, skips)
+            for batch, ok_items, images in _loaded_batches(pool, pending, options.batch_size, skips):
                 caps = _call_backend(captioner, ok_items, images, report) if ok_items else []
                 for item, cap in zip(ok_items, caps):
                     if cap is not None:
                         _write(item, _final_text(cap, store.existing(item), options), store, progress, options, report)
                 bar.update(len(batch))
+                if report.failed >= GIVE_UP_AFTER and report.captioned == 0:
+                    raise UserError(f"the {captioner.name} captioner failed on the first {report.failed} images "
+                                    "(see the warnings above); stopping")
         finished = True
     finally:
         bar.close()
@@ -189,8 +216,8 @@ def edit_dataset(dataset: str | Path, options: CaptionOptions | None = None) -> 
     """
     options = options or CaptionOptions()
     root = Path(dataset)
-    items = scan_dataset(root)
     store = make_store(root, options.output, options.extension)
+    items = _scan(root, store)
     report = CaptionReport(total=len(items), target=store.target)
     progress = ProgressLog(root, _signature("edit", None, options))
     done = {} if options.dry_run else progress.load()

@@ -33,8 +33,8 @@ class ImageItem:
     path: Path
     rel: str
     folder: str  # the containing folder's name, kohya repeat prefix removed
-    class_tokens: str  # only for kohya `N_name` folders, else ""
-    repeats: int  # 1 outside kohya folders
+    class_tokens: str  # of the nearest kohya `N_name` folder above the image, else ""
+    repeats: int  # of that folder; 1 outside kohya folders
 
     @property
     def stem(self) -> str:
@@ -42,14 +42,17 @@ class ImageItem:
 
 
 def make_item(root: Path, path: Path) -> ImageItem:
-    repeats, name = parse_kohya_folder(path.parent.name)
-    return ImageItem(
-        path=path,
-        rel=path.relative_to(root).as_posix(),
-        folder=name,
-        class_tokens=name if repeats is not None else "",
-        repeats=repeats or 1,
-    )
+    _, folder = parse_kohya_folder(path.parent.name)
+    # An image in a subfolder of `10_sks star/` still belongs to that concept (kohya's recursive mode).
+    # The dataset root itself may be a kohya folder too, so it is checked last.
+    repeats, class_tokens = None, ""
+    for name in [*reversed(path.parent.relative_to(root).parts), root.name]:
+        repeats, tokens = parse_kohya_folder(name)
+        if repeats is not None:
+            class_tokens = tokens
+            break
+    return ImageItem(path=path, rel=path.relative_to(root).as_posix(), folder=folder, class_tokens=class_tokens,
+                     repeats=repeats or 1)
 
 
 def scan_dataset(root: str | os.PathLike) -> list[ImageItem]:

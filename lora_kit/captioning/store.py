@@ -80,6 +80,8 @@ class JsonlStore:
     """
 
     def __init__(self, root: Path):
+        if not root.is_dir():
+            raise UserError(f"dataset folder not found: {root}")
         self.root = root
         self.path = root / METADATA_FILE
         self.records: dict[str, dict] = {}

@@ -61,12 +61,13 @@ class ImageRecord:
             return Path(self.path).read_bytes()
         return _row_bytes(self.path, self.column, self.row)
 
-    def stat_key(self) -> Optional[tuple]:
-        """(path, size, mtime_ns) for files, so content hashes can be memoised; None for dataset rows."""
+    def stat_key(self) -> Optional[tuple[str, list]]:
+        """(path, [size, mtime_ns, ctime_ns, inode]) for files, so content hashes can be memoised; None for
+        dataset rows. ctime cannot be set back by copy tools (cp -p, rsync -t), unlike mtime."""
         if self.row is not None:
             return None
         st = os.stat(self.path)
-        return (os.path.abspath(self.path), st.st_size, st.st_mtime_ns)
+        return os.path.abspath(self.path), [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
     def load(self):
         """Decoded RGB PIL image, EXIF-rotated, alpha on white (lora_kit.data.images.load_image)."""

@@ -64,7 +64,7 @@ def train_info(trainer) -> dict:
 def export_adapters(trainer, suffix: str = "") -> dict:
     """Write `<name><suffix>.safetensors` (kohya) and the diffusers file; returns their paths."""
     from lora_kit.adapters.inject import adapter_state_dicts
-    from lora_kit.adapters.export import write_adapter_files
+    from lora_kit.adapters.io import write_adapter_files
 
     acc = trainer.accelerator
     if not acc.is_main_process:

@@ -85,7 +85,9 @@ class LoraTrainer:
             b.noise_scheduler = DDPMScheduler.from_config(b.noise_scheduler.config, rescale_betas_zero_snr=True)
         # The SDXL VAE overflows in fp16 (NaN latents); it is kept in fp32 unless the user gave a fixed VAE.
         vae_dtype = torch.float32 if (b.is_sdxl and not r.model.vae) else self.weight_dtype
-        b.vae.requires_grad_(False).to(acc.device, dtype=vae_dtype)
+        b.vae.requires_grad_(False).to(acc.device)
+        if b.vae.dtype != vae_dtype:
+            b.vae.to(dtype=vae_dtype)
         self.unet = b.unet
         self.text_encoders = b.text_encoders
 

@@ -37,8 +37,10 @@ def print_summary(trainer, file=sys.stdout) -> None:
         "=" * 72,
         f"lora-kit train  {r.name}  ->  {trainer.out}",
         f"model       {b.source}  [{b.family}, {b.prediction_type}]",
-        f"dataset     {r.dataset.path}: {stats.num_train_images} images ({stats.num_reg_images} reg), "
-        f"{stats.num_samples} samples/epoch after repeats, {stats.skipped} skipped",
+        f"dataset     {r.dataset.path}: {stats.raw.get('num_train_files', '?')} images"
+        + (f" + {stats.raw.get('num_reg_files')} reg" if stats.num_reg_images else "")
+        + f", {stats.num_samples} samples/epoch with repeats, {stats.skipped} skipped"
+        + (f", {stats.raw.get('num_validation_images')} held out" if stats.raw.get("num_validation_images") else ""),
         f"buckets     {hist}",
         f"steps       {trainer.total_steps} ({trainer.steps_per_epoch}/epoch), batch {r.train.batch_size} x "
         f"{acc.num_processes} proc x {r.train.gradient_accumulation_steps} accum = {global_batch}",

@@ -42,19 +42,18 @@ class StepContext:
 
 
 def batch_latents(ctx: StepContext, batch: dict, gens: list[torch.Generator]) -> torch.Tensor:
-    """Scaled latents: from the cache, or encoded now (VAE frozen, no grad)."""
-    vae = ctx.vae
-    scale = vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    """Scaled latents: from the cache (sampled and scaled by the dataset), or encoded now (VAE frozen)."""
     if "latents" in batch:
-        lat = batch["latents"].to(ctx.device, torch.float32)
-    else:
-        px = batch["pixel_values"].to(ctx.device, vae.dtype)
-        with torch.no_grad():
-            dist = vae.encode(px).latent_dist
-        eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(dist.mean.device)
-        lat = (dist.mean + dist.std * eps).float()
-    return ((lat - shift) * scale).to(ctx.weight_dtype)
+        return batch["latents"].to(ctx.device, ctx.weight_dtype)
+    from lora_kit.data.cache import scale_latents
+
+    vae = ctx.vae
+    px = batch["pixel_values"].to(ctx.device, vae.dtype)
+    with torch.no_grad():
+        dist = vae.encode(px).latent_dist
+    eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(dist.mean.device)
+    lat = (dist.mean + dist.std * eps).float()
+    return scale_latents(lat, vae.config).to(ctx.weight_dtype)
 
 
 def batch_conditioning(ctx: StepContext, batch: dict) -> dict[str, torch.Tensor]:

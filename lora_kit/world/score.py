@@ -16,7 +16,7 @@ Method, per image:
    shape. One half is the whole shape when it is solid; for stripes it is the colour band, not the tint;
 5. stripes: the core's luminance is averaged along lines in four directions (rows, columns, both
    diagonals); stripes make one of these profiles oscillate, so that it explains most of the luminance
-   variance and changes sign at least three times. Noise explains little, a smooth shading changes sign
+   variance and changes sign at least twice. Noise explains little, a smooth shading changes sign
    once.
 """
 
@@ -30,16 +30,16 @@ import numpy as np
 from PIL import Image
 
 from lora_kit.world.segment import border_pixels, erode, fill_holes, foreground_mask, hull_area, largest_component, median3
-from lora_kit.world.shapes import BACKGROUNDS, COLORS, Scene, shape_extent
+from lora_kit.world.shapes import BACKGROUNDS, COLORS, SHAPES, Scene, shape_extent
 
 # The aspect ratio (width / height) each shape has in the world; far from all of them means "other".
-_ASPECTS = {s: (lambda wh: wh[0] / wh[1])(shape_extent(s, 100)) for s in ("circle", "square", "triangle", "diamond", "star")}
+_ASPECTS = {s: shape_extent(s, 100)[0] / shape_extent(s, 100)[1] for s in SHAPES}
 _MAX_LOG_ASPECT_ERROR = 0.25
 # Decision thresholds on the mask features, each half-way between the classes it separates (measured
 # on ground truth and blurred+noisy renders: see tests/test_world.py and docs/world.md).
 STAR_SOLIDITY = 0.78
 SQUARE_FILL = 0.86
-ROUND_FILL = 0.66
+ROUND_FILL = 0.68
 TRIANGLE_CENTROID = 0.565
 NOISY_BORDER = 6.0  # median RGB distance of border pixels to their median colour
 MIN_AREA = 12  # pixels; less is a speck, not a shape
@@ -124,7 +124,7 @@ def shape_features(mask: np.ndarray) -> dict:
         "fill": area / (w * h),
         "solidity": area / max(hull_area(mask), 1.0),
         "aspect": w / h,
-        "centroid_y": (ys.mean() + 0.5 - ys.min()) / h,  # 0 = top of the box, 1 = bottom
+        "centroid_y": float((ys.mean() + 0.5 - ys.min()) / h),  # 0 = top of the box, 1 = bottom
         "touches_border": bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()),
     }
 
@@ -137,6 +137,8 @@ def classify_shape(f: dict) -> tuple[str, float]:
     """(shape label, confidence) from shape_features; thresholds at the module top."""
     if f.get("area", 0) < MIN_AREA:
         return "none", 1.0
+    if f["touches_border"]:  # cut off by the frame (or no background at all): its outline is not its shape
+        return "other", 1.0
     if f["solidity"] < STAR_SOLIDITY:
         label, conf = "star", _margin(f["solidity"], STAR_SOLIDITY, 0.2)
     elif f["fill"] >= SQUARE_FILL:

@@ -1,0 +1,226 @@
+"""Reading and writing LoRA files: safetensors only (pickle on an explicit flag), atomic, hashed.
+
+- `load_lora_file` names the problem in one line: not safetensors, truncated, or a pickle checkpoint
+  (.ckpt/.pt/.bin), which is only opened with allow_pickle=True and then with torch's weights_only loader.
+- `save_lora_file` casts to the chosen precision, adds kohya's sshs_model_hash/sshs_legacy_hash and
+  writes through a temp file in the same folder + os.replace, so a crash never leaves half a file.
+- `write_kohya_lora` / `write_diffusers_lora` turn a ParsedLora into the two interchange formats;
+  `write_adapter_files` is what training calls at the end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from lora_kit.adapters import formats, hashes, metadata as md, names
+from lora_kit.errors import UserError
+
+PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _dtype(precision: str | None):
+    import torch
+
+    if precision in (None, "same", "keep"):
+        return None
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; expected fp16, bf16 or fp32")
+    return getattr(torch, PRECISIONS[precision])
+
+
+def cast_tensors(tensors: dict, precision: str | None) -> dict:
+    """Floating tensors to `precision` (None keeps them); scalar alphas stay exact (see formats.alpha_tensor)."""
+    dtype = _dtype(precision)
+    out = {}
+    for key, t in tensors.items():
+        t = t.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = formats.alpha_tensor(float(t), dtype) if key.endswith(".alpha") and t.numel() == 1 else t.to(dtype)
+        out[key] = t.contiguous()
+    return out
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --force (overwrite=True) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision: str | None = "fp16",
+                   *, overwrite: bool = False, add_hashes: bool = True) -> Path:
+    """Write a .safetensors LoRA atomically; metadata values must be str; adds sshs_* hashes."""
+    import safetensors.torch
+
+    path = Path(path)
+    _check_target(path, overwrite)
+    tensors = cast_tensors(tensors, precision)
+    meta = {k: v for k, v in (metadata or {}).items() if not k.startswith("sshs_")}
+    bad = [k for k, v in meta.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"safetensors metadata values must be str: {', '.join(bad)}")
+    if add_hashes:
+        meta["sshs_model_hash"], meta["sshs_legacy_hash"] = hashes.precalculate_hashes(tensors, meta)
+    _atomic_write_bytes(path, safetensors.torch.save(tensors, meta or None))
+    return path
+
+
+def _sniff(path: Path) -> str:
+    """"safetensors", "pickle" or a one-line reason why it is neither."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+        return "pickle"
+    if size < 10:
+        return "the file is empty or truncated"
+    n = int.from_bytes(head[:8], "little")
+    if head[8:9] != b"{" or n <= 1 or n > 100_000_000:
+        return "not a safetensors file"
+    if 8 + n > size:
+        return "truncated (the header runs past the end of the file)"
+    return "safetensors"
+
+
+def load_lora_file(path, allow_pickle: bool = False) -> tuple[dict, dict]:
+    """(tensors, metadata) of a LoRA file; metadata is {} for pickle files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    kind = _sniff(path)
+    if kind == "pickle":
+        if not allow_pickle:
+            raise UserError(
+                f"{path.name} is a pickle checkpoint (.ckpt/.pt/.bin): pickle files can run code when loaded; "
+                "convert it to .safetensors or pass --allow-pickle if you trust its source"
+            )
+        return _load_pickle(path), {}
+    if kind != "safetensors":
+        raise UserError(f"{path.name}: {kind}")
+    import safetensors
+    import safetensors.torch
+
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as exc:  # SafetensorError: truncated data, bad offsets, invalid JSON
+        raise UserError(f"{path.name}: corrupt or truncated safetensors file ({exc})") from exc
+    return tensors, meta
+
+
+def _load_pickle(path: Path) -> dict:
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path.name}: not a loadable weights-only pickle ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise UserError(f"{path.name}: pickle does not hold a flat tensor state dict")
+    return obj
+
+
+def read_lora_file(path, allow_pickle: bool = False, unet_config: dict | None = None) -> formats.ParsedLora:
+    tensors, meta = load_lora_file(path, allow_pickle)
+    return formats.read_lora_state_dict(tensors, meta, unet_config)
+
+
+def _summary_rank_alpha(parsed: formats.ParsedLora) -> tuple[str, str]:
+    ranks = set(parsed.ranks.values())
+    alphas = set(parsed.alphas.values())
+    rank = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"  # kohya's word for per-module ranks
+    alpha = str(float(alphas.pop())) if len(alphas) == 1 else "Dynamic"
+    return rank, alpha
+
+
+def kohya_file_metadata(parsed: formats.ParsedLora, metadata: dict | None = None) -> dict:
+    """`metadata` plus kohya's minimum keys (kept when given) and the U-Net layout of a non-standard SDXL."""
+    rank, alpha = _summary_rank_alpha(parsed)
+    out = {**md.minimum_kohya_metadata(parsed.family, rank, alpha), **(metadata or {})}
+    out["ss_network_dim"], out["ss_network_alpha"] = rank, alpha
+    if parsed.family == formats.SDXL and parsed.unet_layout and parsed.unet_layout != names.SDXL_UNET_LAYOUT:
+        # Lets lora-kit read Stability block names of a smaller U-Net back without the base model.
+        out["lora_kit.unet_layout"] = json.dumps(parsed.unet_layout, sort_keys=True)
+    out.pop("lora_adapter_metadata", None)
+    return {k: str(v) for k, v in out.items()}
+
+
+def write_kohya_lora(path, parsed: formats.ParsedLora, metadata: dict | None = None, precision: str | None = "fp16",
+                     *, overwrite: bool = False) -> Path:
+    tensors = formats.to_kohya_state_dict(formats.ParsedLora(**{**parsed.__dict__, **_cast_parsed(parsed, precision)}))
+    return save_lora_file(path, tensors, kohya_file_metadata(parsed, metadata), precision, overwrite=overwrite)
+
+
+def _cast_parsed(parsed: formats.ParsedLora, precision: str | None) -> dict:
+    # Cast before building kohya tensors so each alpha's dtype follows its weights' final dtype.
+    return {"unet": cast_tensors(parsed.unet, precision), "text_encoders": [cast_tensors(sd, precision) for sd in parsed.text_encoders]}
+
+
+def diffusers_target(out) -> Path:
+    out = Path(out)
+    return out if out.suffix == ".safetensors" else out / DIFFUSERS_WEIGHT_NAME
+
+
+def write_diffusers_lora(out, parsed: formats.ParsedLora, precision: str | None = "fp16", metadata: dict | None = None,
+                         *, overwrite: bool = False) -> Path:
+    """diffusers' own file layout + `lora_adapter_metadata` (LoraConfig per component) so that
+    `load_lora_weights` applies the trained alpha; `out` is a folder (-> pytorch_lora_weights.safetensors) or a file."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, _pack_dict_with_prefix
+
+    packed = {}
+    for comp, cfg in formats.diffusers_lora_configs(parsed).items():
+        packed.update(_pack_dict_with_prefix(cfg, comp))
+    meta = {k: v for k, v in (metadata or {}).items() if k != LORA_ADAPTER_METADATA_KEY}
+    # Same header as diffusers' write_lora_layers: {"format": "pt", "lora_adapter_metadata": json}.
+    meta.update({"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)})
+    if parsed.family:
+        meta.setdefault("ss_base_model_version", md.BASE_MODEL_VERSION[parsed.family])
+    return save_lora_file(diffusers_target(out), formats.to_diffusers_state_dict(parsed), meta, precision, overwrite=overwrite)
+
+
+def write_adapter_files(out_dir, name: str, unet_sd: dict, te_sds: list, info: dict, *, unet_config=None,
+                        text_encoder_config=None, unet_model_config: dict | None = None, precision: str = "fp16",
+                        diffusers_name: str = DIFFUSERS_WEIGHT_NAME, overwrite: bool = True) -> dict[str, Path]:
+    """End of training: `<name>.safetensors` (kohya + ss_* metadata) and the diffusers file, from peft state dicts.
+
+    `unet_config` / `text_encoder_config` are the peft LoraConfigs used for training (alphas, patterns).
+    """
+    alphas = {}
+    if unet_sd:
+        alphas.update(formats.alphas_from_lora_config(unet_config, "unet", formats.normalize_peft_sd(unet_sd)))
+    for i, sd in enumerate(te_sds or []):
+        comp = formats.COMPONENTS[1 + i]
+        alphas.update(formats.alphas_from_lora_config(text_encoder_config, comp, formats.normalize_peft_sd(sd, True)))
+    family = info.get("family")
+    parsed = formats.from_peft(unet_sd, te_sds, alphas, family, unet_model_config)
+    meta = md.build_kohya_metadata(info)
+    out_dir = Path(out_dir)
+    kohya = write_kohya_lora(out_dir / f"{name}.safetensors", parsed, meta, precision, overwrite=overwrite)
+    diff = write_diffusers_lora(out_dir / diffusers_name, parsed, precision, _diffusers_side_metadata(meta), overwrite=overwrite)
+    return {"kohya": kohya, "diffusers": diff}
+
+
+def _diffusers_side_metadata(meta: dict) -> dict:
+    # The diffusers file keeps the descriptive keys (title, trigger, recipe) but not kohya's training stats.
+    return {k: v for k, v in meta.items() if k.startswith(("modelspec.", "lora_kit."))}

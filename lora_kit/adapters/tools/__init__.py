@@ -1,0 +1,1 @@
+"""`lora-kit info / convert / merge / resize`: command modules over lora_kit.adapters' file formats."""

@@ -1,0 +1,125 @@
+"""`lora-kit merge BASE LORA[:SCALE]... OUT`: fuse LoRAs into a base model and save a diffusers folder.
+
+All the arithmetic is diffusers': `load_lora_weights` (one adapter per file), `set_adapters(weights)`,
+`fuse_lora` (W += scale * alpha/r * up @ down) and `unload_lora_weights`. lora-kit first reads each file
+with its own reader (any supported layout, unknown keys refused) and hands diffusers a temporary
+diffusers-format file whose `lora_adapter_metadata` carries the trained alphas, so every input loads
+at its trained strength.
+
+The output is a diffusers folder, not a single .safetensors checkpoint: A1111/ComfyUI single files use
+Stability's key names for U-Net, VAE and text encoders, and diffusers ships that conversion only as a
+repository script (scripts/convert_diffusers_to_original_stable_diffusion.py), not in the package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lora_kit.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("base", help="base model: diffusers folder, Hub id or builtin:tiny-sd15")
+    parser.add_argument("loras", nargs="+", metavar="LORA[:SCALE]", help="LoRA files, each with an optional strength (default 1.0)")
+    parser.add_argument("out", help="output diffusers folder")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--allow-pickle", action="store_true", help="also read .ckpt/.pt LoRAs (only from trusted sources)")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the saved model")
+
+
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """`file.safetensors:0.7` -> (file, 0.7); a colon not followed by a number is part of the path."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _load_pipeline(base: str, dtype):
+    import diffusers
+
+    from lora_kit.models.loading import resolve_model
+
+    local = resolve_model(base)
+    if Path(local).is_file():
+        raise UserError("merge needs a diffusers folder or Hub id as BASE (single-file checkpoints: convert first)")
+    try:
+        return diffusers.DiffusionPipeline.from_pretrained(local, torch_dtype=dtype)
+    except OSError as exc:
+        raise UserError(f"cannot load base model {base!r}: {exc}") from exc
+
+
+def _family(pipe) -> str:
+    from lora_kit.models.loading import detect_family
+
+    return detect_family(dict(pipe.unet.config), dict(pipe.scheduler.config))
+
+
+def _check_family(parsed, family: str, path: str) -> None:
+    from lora_kit.adapters.formats import SDXL
+
+    if parsed.family is None:
+        parsed.family = family
+    elif (parsed.family == SDXL) != (family == SDXL):
+        raise UserError(f"{Path(path).name} is a {parsed.family} LoRA but the base model is {family}")
+
+
+def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bool = False,
+                allow_pickle: bool = False, dtype: str = "fp32") -> Path:
+    """Fuse `loras` [(file, scale)] into `base` and save the pipeline to `out` (atomically)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from lora_kit.adapters.io import read_lora_file, write_diffusers_lora
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    pipe = _load_pipeline(base, torch.float32)  # fuse in fp32, cast when saving
+    family = _family(pipe)
+    adapter_names = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (path, _) in enumerate(tqdm(loras, desc="loading LoRAs", unit="file")):
+            parsed = read_lora_file(path, allow_pickle=allow_pickle, unet_config=dict(pipe.unet.config))
+            _check_family(parsed, family, path)
+            staged = write_diffusers_lora(Path(tmp) / f"lora{i}.safetensors", parsed, precision="fp32")
+            name = f"lora{i}"
+            pipe.load_lora_weights(str(staged), adapter_name=name)
+            adapter_names.append(name)
+    pipe.set_adapters(adapter_names, adapter_weights=[s for _, s in loras])
+    components = [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None]
+    pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=adapter_names)
+    pipe.unload_lora_weights()
+    pipe.to(torch_dtype)
+    return _save_pipeline(pipe, out)
+
+
+def _save_pipeline(pipe, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def run(args) -> int:
+    loras = [parse_lora_arg(x) for x in args.loras]
+    for path, _ in loras:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+    out = merge_loras(args.base, loras, args.out, overwrite=args.force, allow_pickle=args.allow_pickle, dtype=args.dtype)
+    print(f"merged {len(loras)} LoRA(s) into {out}")
+    return 0

@@ -1,0 +1,316 @@
+"""The training dataset: records placed in buckets, expanded by repeats, captions transformed per epoch.
+
+`build_train_data(recipe, vae)` is the one entry point the trainer needs: scan -> validation split ->
+bucket placement -> (latent cache) -> `LoraDataset` + bucket id per index + stats for the metadata.
+
+Every random choice of a sample is a function of (seed, epoch, index) only: caption shuffle/dropout,
+flip, per-epoch random crop (pixel mode) and the latent draw from the cached posterior. So the batches
+of a resumed run, or of any rank, are bit-identical to an uninterrupted run.
+
+DataLoader workers get a copy of the dataset when an epoch's iterator is created: call `set_epoch`
+before `iter(loader)` and keep `persistent_workers=False` (the default), or the workers keep the old epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lora_kit.config.schema import Recipe
+from lora_kit.data.buckets import Placement, apply_placement, assign, bucket_histogram, buckets_for, crop_offsets, mean_aspect_error
+from lora_kit.data.captions import CaptionTransform, base_caption, caption_rng
+from lora_kit.data.sources import ImageRecord, ScanResult, folder_summary, scan_dataset
+from lora_kit.data.tags import tag_frequency
+from lora_kit.errors import UserError
+
+
+@dataclass
+class Sample:
+    """One image: its record, its placement and (when cached) the latent keys for (unflipped, flipped)."""
+
+    record: ImageRecord
+    placement: Placement
+    latent_keys: Optional[tuple[str, Optional[str]]] = None
+
+
+def _sub_rng(kind: str, seed: int, epoch: int, index: int) -> random.Random:
+    return random.Random(f"{kind}:{seed}:{epoch}:{index}")
+
+
+def _torch_seed(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.sha256(f"latent:{seed}:{epoch}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [-1, 1] (what diffusers' VAE expects)."""
+    arr = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def render_pixels(record: ImageRecord, placement: Placement, flip: bool, crop=None) -> torch.Tensor:
+    return image_to_tensor(apply_placement(record.load(), placement, flip, crop))
+
+
+class LoraDataset(Dataset):
+    """`dataset[i]` -> dict(latents | pixel_values, caption, original_size, crop_top_left, target_size,
+    is_reg, index); sizes as (h, w) / (top, left), the order SDXL's add_time_ids uses."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: CaptionTransform,
+        seed: int,
+        flip_aug: bool = False,
+        random_crop: bool = False,
+        latent_dir: Optional[str] = None,
+        vae_id: str = "",
+        vae_scaling: Optional[dict] = None,
+        use_repeats: bool = True,
+    ):
+        self.samples = samples
+        self.transform = transform
+        self.seed = seed
+        self.flip_aug = flip_aug
+        self.random_crop = random_crop
+        self.latent_dir, self.vae_id = latent_dir, vae_id
+        self.vae_scaling = vae_scaling or {}
+        self.index = [i for i, s in enumerate(samples) for _ in range(s.record.repeats if use_repeats else 1)]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def cached(self) -> bool:
+        return self.latent_dir is not None
+
+    @functools.cached_property
+    def _cache(self):
+        from lora_kit.data.cache import LatentCache
+
+        return LatentCache(self.latent_dir, self.vae_id)
+
+    def bucket_of(self, index: int) -> tuple[int, int]:
+        return self.samples[self.index[index]].placement.bucket
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[self.index[index]]
+        rec, pl = sample.record, sample.placement
+        flip = self.flip_aug and _sub_rng("flip", self.seed, self.epoch, index).random() < 0.5
+        left, top = pl.crop_left, pl.crop_top
+        out: dict[str, Any] = {}
+        if self.cached:
+            out["latents"] = self._latents(sample, flip, index)
+        else:
+            if self.random_crop:
+                left, top = crop_offsets(pl.resized, pl.bucket, _sub_rng("crop", self.seed, self.epoch, index))
+            out["pixel_values"] = render_pixels(rec, pl, flip, (left, top))
+        if flip:
+            left = pl.resized[0] - pl.bucket[0] - left  # the crop as measured on the mirrored image
+        out.update(
+            caption=self.transform(rec.caption, rec.class_tokens, caption_rng(self.seed, self.epoch, index)),
+            original_size=(pl.original[1], pl.original[0]),
+            crop_top_left=(top, left),
+            target_size=(pl.bucket[1], pl.bucket[0]),
+            is_reg=rec.is_reg,
+            index=index,
+        )
+        return out
+
+    def _latents(self, sample: Sample, flip: bool, index: int) -> torch.Tensor:
+        from lora_kit.data.cache import sample_latents, scale_latents
+
+        key = sample.latent_keys[1] if flip else sample.latent_keys[0]
+        tensors = self._cache.load(key)
+        gen = torch.Generator().manual_seed(_torch_seed(self.seed, self.epoch, index))
+        return scale_latents(sample_latents(tensors["mean"], tensors["std"], gen), self.vae_scaling)
+
+
+def collate(batch: list[dict]) -> dict[str, Any]:
+    """Stack a batch from one bucket: tensors stacked, sizes as (B, 2) long tensors, captions a list."""
+    out: dict[str, Any] = {}
+    for key in ("latents", "pixel_values"):
+        if key in batch[0]:
+            out[key] = torch.stack([b[key] for b in batch])
+    for key in ("original_size", "crop_top_left", "target_size"):
+        out[key] = torch.tensor([b[key] for b in batch], dtype=torch.long)
+    out["caption"] = [b["caption"] for b in batch]
+    out["is_reg"] = torch.tensor([b["is_reg"] for b in batch], dtype=torch.bool)
+    out["index"] = torch.tensor([b["index"] for b in batch], dtype=torch.long)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- builder
+
+
+@dataclass
+class TrainData:
+    dataset: LoraDataset
+    bucket_ids: list[int]  # per dataset index (expanded by repeats), for BucketBatchSampler
+    stats: dict
+    buckets: list[tuple[int, int]] = field(default_factory=list)  # bucket id -> (w, h)
+    validation: Optional[LoraDataset] = None
+    validation_bucket_ids: list[int] = field(default_factory=list)
+
+
+def split_validation(records: list[ImageRecord], fraction: float, seed: int) -> tuple[list, list]:
+    """(train, validation): a seeded `fraction` of the records held out, at least one train image kept."""
+    if fraction <= 0 or len(records) < 2:
+        return records, []
+    k = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    held = set(random.Random(f"validation:{seed}").sample(range(len(records)), k))
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def place(records: list[ImageRecord], recipe: Recipe) -> list[Placement]:
+    """Bucket placement; a random crop is seeded by the image's identity, so adding images leaves the
+    others' crops (and cached latents) unchanged."""
+    cfg = recipe.buckets
+    buckets = buckets_for(cfg)
+    out = []
+    for r in records:
+        rng = random.Random(f"crop:{recipe.seed}:{Path(r.path).name}:{r.row}:{r.folder}") if cfg.random_crop else None
+        out.append(assign(r.size, buckets, cfg, rng))
+    return out
+
+
+def _tag_frequency(scans: list[ScanResult], separator: str) -> dict[str, dict[str, int]]:
+    """kohya's ss_tag_frequency: per folder, over the raw captions (class tokens where none)."""
+    per_folder: dict[str, list[str]] = {}
+    for scan in scans:
+        for r in scan.records:
+            per_folder.setdefault(r.folder, []).append(base_caption(r.caption, r.class_tokens))
+    return {folder: tag_frequency(caps, separator) for folder, caps in per_folder.items()}
+
+
+def _bucket_info(samples: list[Sample]) -> dict:
+    """kohya's ss_bucket_info shape: counts include repeats."""
+    counts: dict[tuple[int, int], int] = {}
+    for s in samples:
+        counts[s.placement.bucket] = counts.get(s.placement.bucket, 0) + s.record.repeats
+    buckets = {i: {"resolution": list(b), "count": c} for i, (b, c) in enumerate(sorted(counts.items()))}
+    return {"buckets": buckets, "mean_img_ar_error": mean_aspect_error(s.placement for s in samples)}
+
+
+def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_index, barrier) -> tuple[str, str, dict]:
+    from lora_kit.data.cache import LatentCache, LatentItem, latent_key, module_identity, precompute_latents
+    from lora_kit.paths import cache_dir
+
+    directory = recipe.cache.dir or str(cache_dir() / "cache")
+    vae_id = module_identity(vae)
+    cache = LatentCache(directory, vae_id)
+    items = []
+    for s in samples:
+        sha = cache.hasher.sha(s.record)
+        flips = (False, True) if recipe.dataset.flip_aug else (False,)
+        keys = [latent_key(sha, s.placement, f, vae_id) for f in flips]
+        s.latent_keys = (keys[0], keys[1] if len(keys) > 1 else None)
+        for f, k in zip(flips, keys):
+            items.append(LatentItem(k, functools.partial(render_pixels, s.record, s.placement, f), s.placement.bucket))
+    if process_index == 0:
+        cache.hasher.save()
+    result = precompute_latents(items, vae, cache, 8, device, dtype, num_processes, process_index)
+    if barrier is not None:
+        barrier()
+    return directory, vae_id, result
+
+
+def build_train_data(
+    recipe: Recipe,
+    vae=None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache: bool = True,
+    num_processes: int = 1,
+    process_index: int = 0,
+    barrier: Optional[Callable[[], None]] = None,
+) -> TrainData:
+    """Everything the trainer needs from [dataset]/[buckets]/[cache]. Latents are cached when `cache`,
+    `[cache] latents` and a `vae` (already on `device` in `dtype`) are given; `barrier` (e.g.
+    accelerator.wait_for_everyone) runs after each process cached its share."""
+    ds_cfg = recipe.dataset
+    train_scan = scan_dataset(ds_cfg)
+    reg_scan = scan_dataset(ds_cfg, reg=True) if ds_cfg.reg_path else None
+    train_records, val_records = split_validation(train_scan.records, ds_cfg.validation_split, recipe.seed)
+    reg_records = reg_scan.records if reg_scan else []
+    records = train_records + reg_records
+    samples = [Sample(r, p) for r, p in zip(records, place(records, recipe))]
+    val_cfg_recipe = _without_random_crop(recipe)
+    val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, val_cfg_recipe))]
+
+    latent_dir, vae_id, scaling, cache_result = None, "", None, None
+    if cache and recipe.cache.latents and vae is not None:
+        latent_dir, vae_id, cache_result = _attach_latents(
+            samples + val_samples, recipe, vae, device, dtype, num_processes, process_index, barrier
+        )
+        failed, before = set(cache_result.pop("failed")), len(samples) + len(val_samples)
+        samples = [s for s in samples if not failed & set(s.latent_keys)]
+        val_samples = [s for s in val_samples if not failed & set(s.latent_keys)]
+        cache_result["failed"] = before - len(samples) - len(val_samples)  # images dropped
+        if not samples:
+            raise UserError("no image could be decoded for the latent cache")
+        scaling = {"scaling_factor": vae.config.scaling_factor, "shift_factor": getattr(vae.config, "shift_factor", None)}
+
+    transform = CaptionTransform(ds_cfg)
+    common = dict(seed=recipe.seed, latent_dir=latent_dir, vae_id=vae_id, vae_scaling=scaling)
+    dataset = LoraDataset(samples, transform, flip_aug=ds_cfg.flip_aug, random_crop=recipe.buckets.random_crop, **common)
+    validation = LoraDataset(val_samples, CaptionTransform(ds_cfg, augment=False), use_repeats=False, **common) if val_samples else None
+
+    buckets = sorted({s.placement.bucket for s in samples + val_samples})
+    bucket_id = {b: i for i, b in enumerate(buckets)}
+    stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, ds_cfg.tag_separator)
+    return TrainData(
+        dataset=dataset,
+        bucket_ids=[bucket_id[dataset.bucket_of(i)] for i in range(len(dataset))],
+        stats=stats,
+        buckets=buckets,
+        validation=validation,
+        validation_bucket_ids=[bucket_id[validation.bucket_of(i)] for i in range(len(validation))] if validation else [],
+    )
+
+
+def _without_random_crop(recipe: Recipe) -> Recipe:
+    import dataclasses
+
+    return dataclasses.replace(recipe, buckets=dataclasses.replace(recipe.buckets, random_crop=False))
+
+
+def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, separator) -> dict:
+    train = [s for s in samples if not s.record.is_reg]
+    reg = [s for s in samples if s.record.is_reg]
+    skipped = dict(train_scan.skipped.skipped)
+    if reg_scan:
+        skipped.update(reg_scan.skipped.skipped)
+    scans = [train_scan] + ([reg_scan] if reg_scan else [])
+    return {
+        # kohya semantics: ss_num_train_images / ss_num_reg_images count repeats
+        "num_train_images": sum(s.record.repeats for s in train),
+        "num_reg_images": sum(s.record.repeats for s in reg),
+        "num_train_files": len(train),
+        "num_reg_files": len(reg),
+        "num_validation_images": len(val_samples),
+        "folders": folder_summary(s.record for s in train),  # kohya ss_dataset_dirs (validation excluded)
+        "reg_folders": folder_summary(s.record for s in reg),
+        "tag_frequency": _tag_frequency(scans, separator),
+        "bucket_histogram": bucket_histogram(s.placement for s in samples),
+        "bucket_info": _bucket_info(samples),
+        "mean_aspect_error": mean_aspect_error(s.placement for s in samples),
+        "skipped": len(skipped) + ((cache_result or {}).get("failed") or 0),
+        "skipped_files": {Path(k).name: v for k, v in skipped.items()},
+        "missing_captions": train_scan.missing_captions + (reg_scan.missing_captions if reg_scan else 0),
+        "static_captions": transform.is_static,
+        "latent_cache": cache_result,
+        "kind": train_scan.kind,
+    }

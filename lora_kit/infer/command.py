@@ -1,0 +1,202 @@
+"""`lora-kit grid`: render a labelled evaluation grid (prompts x LoRA weights x seeds x ...).
+
+Axes use A1111 X/Y/Z-plot thinking with one flag per dimension:
+
+    lora-kit grid --model builtin:tiny-sd15 --lora style.safetensors \\
+        --prompt "a star" --prompt "a moon" --x weight=0,0.5,1 --y prompt --out grids/style
+
+`--x`/`--y` take KIND[:TARGET]=VALUES (repeat to nest; the first is outermost). Prompt values are
+separated by "|" (prompts contain commas); others by ",". See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from pathlib import Path
+
+from lora_kit.errors import UserError
+from lora_kit.infer.spec import AXIS_KINDS, Axis, CellParams, ControlRef, GridSpec, LoraRef
+
+DEFAULT_WEIGHTS = [0.0, 0.5, 1.0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and LoRAs")
+    g.add_argument("--model", default="builtin:tiny-sd15", help="builtin:NAME, diffusers folder, .safetensors checkpoint or Hub id")
+    g.add_argument("--single-file-config", default="", help="diffusers folder/hub id describing a single-file checkpoint")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]", help="kohya or diffusers LoRA file (repeat to stack)")
+    g = p.add_argument_group("generation")
+    g.add_argument("--prompt", action="append", default=[], help="repeat for several prompts (a row axis unless placed)")
+    g.add_argument("--negative", default="", help="negative prompt")
+    g.add_argument("--seed", action="append", type=int, default=[], help="repeat for several seeds (a column axis unless placed)")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+    g.add_argument("--sampler", default="DPM++ 2M", help='A1111 name ("DPM++ 2M Karras", "Euler a"...) or slug (dpm++2m, euler_a)')
+    g.add_argument("--size", default="", help="WIDTHxHEIGHT or N (default: the model's native size)")
+    g.add_argument("--clip-skip", type=int, default=1, help="A1111 meaning: 2 = penultimate CLIP layer")
+    g.add_argument("--init-image", default="", help="img2img source image")
+    g.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength")
+    g = p.add_argument_group("ControlNet (repeat --controlnet for several; the other flags per net or once for all)")
+    g.add_argument("--controlnet", action="append", default=[], help="ControlNet folder, .safetensors file or Hub id")
+    g.add_argument("--control-image", action="append", default=[])
+    g.add_argument("--control-preprocess", action="append", default=[], choices=["none", "canny"])
+    g.add_argument("--control-scale", action="append", type=float, default=[])
+    g.add_argument("--control-start", action="append", type=float, default=[])
+    g.add_argument("--control-end", action="append", type=float, default=[])
+    g.add_argument("--canny", default="100,200", help="Canny low,high thresholds")
+    g = p.add_argument_group("grid")
+    kinds = ", ".join(AXIS_KINDS)
+    g.add_argument("--x", action="append", default=[], metavar="AXIS", help=f"column axis KIND[:TARGET]=VALUES; kinds: {kinds}")
+    g.add_argument("--y", action="append", default=[], metavar="AXIS", help="row axis, same syntax")
+    g.add_argument("--no-fuse", action="store_true", help="keep LoRAs unfused (slower; for comparison)")
+    g.add_argument("--batch-size", type=int, default=4, help="cells differing only by seed rendered per call")
+    g.add_argument("--no-base-distance", action="store_true", help="do not render weight-0 references missing from the grid")
+    g.add_argument("--clip-model", default="", help="local CLIP folder (transformers) -> clip_score per cell")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument("--device", default="auto")
+    g.add_argument("--out", required=True, help="output folder (grid.png, grid.html, grid.json, cells/)")
+    g.add_argument("--overwrite", action="store_true", help="replace a grid already in --out")
+    g.add_argument("--rerender", type=int, default=None, metavar="N", help="re-render cell N of the grid in --out and compare bytes")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    if not text:
+        return (0, 0)
+    try:
+        w, _, h = text.lower().partition("x")
+        width, height = int(w), int(h or w)
+    except ValueError:
+        raise UserError(f"--size {text!r}: expected WIDTHxHEIGHT or N") from None
+    if width % 8 or height % 8:
+        raise UserError(f"--size {text!r}: both sides must be multiples of 8")
+    return width, height
+
+
+def parse_lora(text: str) -> LoraRef:
+    path, weight = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, weight = head, float(tail)
+        except ValueError:
+            pass  # a ':' that belongs to the path (Windows drive)
+    if not Path(path).is_file():
+        raise UserError(f"--lora {path}: file does not exist")
+    return LoraRef(path=path, weight=weight)
+
+
+def parse_axis(text: str, prompts: list[str], seeds: list[int]) -> Axis:
+    """KIND[:TARGET][=VALUES]; prompt/seed without values take --prompt/--seed."""
+    head, has_values, values = text.partition("=")
+    kind, _, target = head.strip().partition(":")
+    if kind not in AXIS_KINDS:
+        raise UserError(f"axis {text!r}: unknown kind {kind!r}; expected one of {', '.join(AXIS_KINDS)}")
+    if not has_values:
+        defaults = {"prompt": prompts, "seed": seeds, "weight": DEFAULT_WEIGHTS}
+        if kind not in defaults or not defaults[kind]:
+            raise UserError(f"axis {text!r}: give values, e.g. {kind}=a,b,c")
+        return Axis(kind, list(defaults[kind]), target)
+    if kind == "checkpoint":
+        return _checkpoint_axis(values, target)
+    sep = "|" if kind in ("prompt", "negative_prompt") else ","
+    return Axis(kind, [v.strip() for v in values.split(sep)], target)
+
+
+def _checkpoint_axis(values: str, target: str) -> Axis:
+    from lora_kit.infer.axes import discover_checkpoints
+
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if len(items) == 1 and Path(items[0]).is_dir():
+        paths, labels = discover_checkpoints(items[0])
+        return Axis("checkpoint", paths, target, labels)
+    paths = [p for item in items for p in (sorted(glob.glob(item)) or [item])]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"checkpoint axis: {', '.join(missing)} not found")
+    return Axis("checkpoint", paths, target)
+
+
+def _per_net(values: list, n: int, default, flag: str) -> list:
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise UserError(f"{flag}: give it once or once per --controlnet ({n})")
+    return values
+
+
+def build_controls(args) -> list[ControlRef]:
+    n = len(args.controlnet)
+    if not n:
+        if args.control_image:
+            raise UserError("--control-image needs --controlnet")
+        return []
+    images = _per_net(args.control_image, n, "", "--control-image")
+    if not all(images):
+        raise UserError("every --controlnet needs a --control-image")
+    low, _, high = args.canny.partition(",")
+    pre = _per_net(args.control_preprocess, n, "none", "--control-preprocess")
+    scale = _per_net(args.control_scale, n, 1.0, "--control-scale")
+    start = _per_net(args.control_start, n, 0.0, "--control-start")
+    end = _per_net(args.control_end, n, 1.0, "--control-end")
+    return [ControlRef(args.controlnet[i], images[i], pre[i], scale[i], start[i], end[i], float(low), float(high or low)) for i in range(n)]
+
+
+def build_spec(args) -> GridSpec:
+    prompts = list(args.prompt) or [""]
+    seeds = list(args.seed) or [1]
+    width, height = parse_size(args.size)
+    base = CellParams(
+        prompt=prompts[0], negative_prompt=args.negative, seed=seeds[0], steps=args.steps, cfg=args.cfg,
+        sampler=args.sampler, width=width, height=height, clip_skip=args.clip_skip,
+        loras=[parse_lora(t) for t in args.lora], controls=build_controls(args),
+        init_image=args.init_image, strength=args.strength,
+    )  # fmt: skip
+    cols = [parse_axis(t, prompts, seeds) for t in args.x]
+    rows = [parse_axis(t, prompts, seeds) for t in args.y]
+    placed = {a.kind for a in cols + rows}
+    if len(prompts) > 1 and "prompt" not in placed:
+        rows.insert(0, Axis("prompt", prompts))
+    if len(seeds) > 1 and "seed" not in placed:
+        cols.append(Axis("seed", seeds))
+    if base.loras and not placed & {"weight", "checkpoint"}:
+        cols.insert(0, Axis("weight", list(DEFAULT_WEIGHTS)))  # the usual LoRA strength sweep
+    return GridSpec(
+        model=args.model, base=base, cols=cols, rows=rows, fuse=not args.no_fuse, batch_size=args.batch_size,
+        base_distance=not args.no_base_distance, clip_model=args.clip_model,
+        single_file_config=args.single_file_config, dtype=args.dtype, device=args.device,
+    )  # fmt: skip
+
+
+def _rerender(args) -> int:
+    from lora_kit.infer.grid import load_manifest, render_cell
+    from lora_kit.infer.render import png_bytes
+
+    manifest = load_manifest(args.out)
+    if not 0 <= args.rerender < len(manifest["cells"]):
+        raise UserError(f"--rerender {args.rerender}: the grid has cells 0..{len(manifest['cells']) - 1}")
+    cell = manifest["cells"][args.rerender]
+    image, text = render_cell(manifest, args.rerender)
+    same = png_bytes(image, text) == (Path(manifest["_root"]) / cell["file"]).read_bytes()
+    print(f"cell {args.rerender} ({cell['file']}): {'identical bytes' if same else 'DIFFERS from the saved file'}")
+    return 0 if same else 1
+
+
+def run(args) -> int:
+    if args.rerender is not None:
+        return _rerender(args)
+    from lora_kit.infer.grid import render_grid
+
+    spec = build_spec(args)
+    result = render_grid(spec, args.out, overwrite=args.overwrite)
+    lay = result.layout
+    per = result.manifest["timing"]["seconds_per_image"]
+    print(f"grid: {result.grid_path} ({lay.rows} x {lay.cols} cells, {lay.width}x{lay.height} px, {per:.3f} s/image)")
+    print(f"page: {result.html_path}")
+    for c in result.cells:
+        m = c["metrics"]
+        nums = " ".join(f"{k}={v:.4f}" for k, v in m.items())
+        print(f"  {c['file']}  {c['row_label']} | {c['col_label']}  {nums}".rstrip())
+    return 0

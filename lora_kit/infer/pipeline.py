@@ -1,0 +1,361 @@
+"""The inference pipeline: a base model + stacked LoRAs (+ ControlNets), generating one batch of cells.
+
+Everything runs through diffusers: `load_lora_weights(path, adapter_name=...)` reads kohya and diffusers
+files, `set_adapters(names, weights)` stacks them, `fuse_lora`/`unfuse_lora` bake a fixed weight set into
+the base weights so a grid column runs at base-model speed, and `from_pipe` derives the ControlNet and
+img2img variants sharing the same modules (so the LoRAs apply to all of them).
+
+One thing is added by hand: `unfuse_lora` subtracts the delta it added, which leaves float rounding
+residue in the base weights (W + d - d != W, ~1e-8). That residue is enough to flip a pixel, so a cell
+would not reproduce byte-for-byte depending on which weight sets were fused before it. `LoraPipeline`
+keeps a (CPU) copy of every LoRA-wrapped base weight taken before the first fuse and copies it back after
+each unfuse, making the fused path exactly "pristine base + this weight set" every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from lora_kit.errors import UserError
+from lora_kit.infer.control import load_controlnet, prepare_control_image
+from lora_kit.infer.schedulers import make_scheduler
+from lora_kit.infer.spec import CellParams, ControlRef, LoraRef
+from lora_kit.models.presets import SDXL
+
+# (img2img, controlnet) -> diffusers class name; SDXL names get the "XL" infix.
+_VARIANTS = {
+    (False, False): "StableDiffusion{}Pipeline",
+    (True, False): "StableDiffusion{}Img2ImgPipeline",
+    (False, True): "StableDiffusion{}ControlNetPipeline",
+    (True, True): "StableDiffusion{}ControlNetImg2ImgPipeline",
+}
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]  # fmt: skip
+    except KeyError:
+        raise UserError(f"unknown dtype {dtype!r}; expected auto, float32, float16 or bfloat16") from None
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def model_display_name(spec: str) -> str:
+    """What A1111's `Model:` field shows: the checkpoint or folder name, never a full path."""
+    if spec.startswith("builtin:"):
+        return spec.split(":", 1)[1]
+    p = Path(spec)
+    return p.stem if p.suffix == ".safetensors" else (p.name or spec)
+
+
+def lora_short_hash(path: str) -> str:
+    """AutoV2 (first 10 hex of the file's SHA-256), the form Civitai resolves resources by."""
+    from lora_kit.adapters.hashes import autov2
+
+    return autov2(path)
+
+
+@dataclass
+class ModelInfo:
+    source: str
+    name: str
+    family: str
+    hash: str = ""  # AutoV2 of a single-file checkpoint ("Model hash"); "" for folders
+
+
+def _adapter_name(alias: str, taken: set) -> str:
+    # peft adapter names become ModuleDict keys: no dots; unique per loaded file.
+    base = re.sub(r"[^0-9A-Za-z_]", "_", alias) or "lora"
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    # transformers 5 logs a "LOAD REPORT" listing every base weight of the text encoder as MISSING when
+    # a LoRA-only state dict is loaded into it; that is expected here and reads like corruption.
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+
+
+def _family_of(unet) -> str:
+    from lora_kit.models.loading import detect_family
+
+    return detect_family(dict(unet.config), None)
+
+
+class LoraPipeline:
+    """A diffusers text-to-image pipeline plus the LoRA/ControlNet bookkeeping a grid needs."""
+
+    def __init__(self, pipe, model: ModelInfo, controlnets: dict | None = None):
+        self.pipe = pipe
+        self.model = model
+        self.family = model.family
+        self.controlnets: dict = dict(controlnets or {})  # ControlRef.model -> ControlNetModel
+        self._variants: dict = {}
+        self._adapters: dict[str, str] = {}  # file path -> adapter name
+        self._state: tuple | None = None  # (weight_key, fused) currently applied
+        self._fused = False
+        self._snapshot: dict[int, tuple] = {}
+        self._hashes: dict[str, str] = {}
+        # Every sampler is built from the model's own scheduler config, never from the previous sampler's.
+        self._scheduler_config = pipe.scheduler.config
+        pipe.set_progress_bar_config(disable=True)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, model: str, controls: list[ControlRef] = (), *, dtype: str = "auto", device: str = "auto", single_file_config: str = "") -> LoraPipeline:
+        """Base model (builtin:, diffusers folder, single file or Hub id) and the given ControlNets."""
+        from lora_kit.models.loading import load_model
+
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        bundle = load_model(model, dtype=torch_dtype, single_file_config=single_file_config or None)
+        pipe = build_text2img(bundle.family, bundle.unet, bundle.vae, bundle.noise_scheduler, bundle.text_encoders, bundle.tokenizers)
+        pipe.to(device)
+        path = Path(bundle.path)
+        info = ModelInfo(model, model_display_name(model), bundle.family)
+        if path.is_file():
+            from lora_kit.adapters.hashes import autov2
+
+            info.hash = autov2(path)
+        nets = {c.model: load_controlnet(c.model, torch_dtype).to(device) for c in controls}
+        return cls(pipe, info, nets)
+
+    @classmethod
+    def from_components(cls, components, family: str | None = None, name: str = "model") -> LoraPipeline:
+        """Wrap in-memory modules (a training run): a DiffusionPipeline, a ModelBundle or a dict with
+        unet, vae, scheduler, text_encoders, tokenizers (or the diffusers component names)."""
+        if hasattr(components, "unet") and hasattr(components, "scheduler") and hasattr(components, "components"):
+            pipe = components.__class__.from_pipe(components)  # new pipeline object, same modules
+            fam = family or _family_of(pipe.unet)
+            return cls(pipe, ModelInfo(name, name, fam))
+        c = dict(vars(components)) if not isinstance(components, dict) else dict(components)
+        if "noise_scheduler" in c:
+            c["scheduler"] = c["noise_scheduler"]
+        tes = c.get("text_encoders") or [c[k] for k in ("text_encoder", "text_encoder_2") if c.get(k) is not None]
+        toks = c.get("tokenizers") or [c[k] for k in ("tokenizer", "tokenizer_2") if c.get(k) is not None]
+        fam = family or _family_of(c["unet"])
+        pipe = build_text2img(fam, c["unet"], c["vae"], c["scheduler"], tes, toks)
+        return cls(pipe, ModelInfo(name, name, fam))
+
+    def add_controlnet(self, spec: str, model) -> None:
+        self.controlnets[spec] = model
+        self._variants.clear()
+
+    @property
+    def device(self):
+        return self.pipe.unet.device
+
+    def native_size(self) -> tuple[int, int]:
+        s = self.pipe.unet.config.sample_size
+        f = self.pipe.vae_scale_factor
+        return (s * f, s * f) if isinstance(s, int) else (s[1] * f, s[0] * f)
+
+    # ------------------------------------------------------------------ LoRA state
+
+    def short_hash(self, path: str) -> str:
+        if path and path not in self._hashes:
+            self._hashes[path] = lora_short_hash(path)
+        return self._hashes.get(path, "")
+
+    def _lora_layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for comp in ("unet", "text_encoder", "text_encoder_2"):
+            module = getattr(self.pipe, comp, None)
+            if module is None:
+                continue
+            for layer in module.modules():
+                if isinstance(layer, BaseTunerLayer):
+                    yield layer
+
+    def _take_snapshot(self) -> None:
+        for layer in self._lora_layers():
+            base = layer.get_base_layer()
+            if id(base) not in self._snapshot:
+                bias = None if getattr(base, "bias", None) is None else base.bias.detach().to("cpu", copy=True)
+                self._snapshot[id(base)] = (base, base.weight.detach().to("cpu", copy=True), bias)
+
+    def _restore_snapshot(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for base, weight, bias in self._snapshot.values():
+                base.weight.copy_(weight)
+                if bias is not None:
+                    base.bias.copy_(bias)
+
+    def _unfuse(self) -> None:
+        if self._fused:
+            self.pipe.unfuse_lora()
+            self._restore_snapshot()
+            self._fused = False
+
+    def _ensure_loaded(self, loras: list[LoraRef]) -> list[str]:
+        """Load the files `loras` need; drop adapters of files no longer used (diffusers #11816:
+        set_adapters slows down as inactive adapters pile up, e.g. along a checkpoint axis)."""
+        wanted = {lo.path for lo in loras if lo.path}
+        stale = [p for p in self._adapters if p not in wanted]
+        if stale:
+            self.pipe.delete_adapters([self._adapters.pop(p) for p in stale])
+        for lo in loras:
+            if lo.path and lo.path not in self._adapters:
+                if not Path(lo.path).is_file():
+                    raise UserError(f"LoRA file {lo.path} does not exist")
+                name = _adapter_name(lo.name, set(self._adapters.values()))
+                with _quiet_transformers():
+                    self.pipe.load_lora_weights(lo.path, adapter_name=name)
+                self._adapters[lo.path] = name
+        return [self._adapters[lo.path] for lo in loras if lo.path]
+
+    def apply_loras(self, loras: list[LoraRef], fuse: bool = True) -> None:
+        """Make the model compute base + sum(weight_i * delta_i); fused into the weights if `fuse`."""
+        active = [lo for lo in loras if float(lo.weight) != 0.0 and lo.path]
+        key = (tuple((lo.path, float(lo.weight)) for lo in active), bool(fuse) and bool(active))
+        if key == self._state:
+            return
+        self._unfuse()
+        names = self._ensure_loaded(active)
+        if not self._adapters:
+            self._state = key
+            return
+        if not active:
+            self.pipe.disable_lora()  # exact base: adapters skipped, weights pristine
+        else:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, [float(lo.weight) for lo in active])
+            if fuse:
+                self._take_snapshot()
+                self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+                self._fused = True
+        self._state = key
+
+    def unfuse(self) -> None:
+        """Back to exact base weights (the adapters stay loaded; the next apply_loras re-fuses)."""
+        self._unfuse()
+        self._state = None
+
+    def reset(self) -> None:
+        """Unfuse and unload every LoRA file (the model is the plain base again)."""
+        self._unfuse()
+        if self._adapters:
+            self.pipe.delete_adapters(list(self._adapters.values()))
+            self._adapters.clear()
+        self._state = None
+
+    # ------------------------------------------------------------------ generation
+
+    def variant(self, img2img: bool, controlnet_models: list):
+        """The pipeline class for this cell kind, sharing modules with the base pipeline."""
+        key = (img2img, tuple(id(m) for m in controlnet_models))
+        if key not in self._variants:
+            import diffusers
+
+            cls_name = _VARIANTS[(img2img, bool(controlnet_models))].format("XL" if self.family == SDXL else "")
+            cls = getattr(diffusers, cls_name)
+            if not img2img and not controlnet_models:
+                self._variants[key] = self.pipe
+            else:
+                kw = {}
+                if controlnet_models:
+                    kw["controlnet"] = controlnet_models[0] if len(controlnet_models) == 1 else diffusers.MultiControlNetModel(controlnet_models)
+                v = cls.from_pipe(self.pipe, **kw)
+                v.set_progress_bar_config(disable=True)
+                self._variants[key] = v
+        return self._variants[key]
+
+    def generate(self, cells: list[CellParams], fuse: bool = True) -> list[Image.Image]:
+        """One pipeline call for cells that differ only by seed (one torch.Generator each)."""
+        import torch
+
+        first = cells[0]
+        if any(c.batch_key() != first.batch_key() for c in cells[1:]):
+            raise ValueError("generate() batches cells that differ only by seed")
+        in_memory = [lo for lo in first.loras if not lo.path]
+        self.apply_loras([lo for lo in first.loras if lo.path], fuse=fuse)
+        width, height = first.width or self.native_size()[0], first.height or self.native_size()[1]
+        nets = [self._controlnet(c.model) for c in first.controls]
+        pipe = self.variant(bool(first.init_image), nets)
+        pipe.scheduler = make_scheduler(first.sampler, self._scheduler_config)
+        n = len(cells)
+        kwargs = {
+            "prompt": [first.prompt] * n,
+            "negative_prompt": [first.negative_prompt] * n,
+            "num_inference_steps": int(first.steps),
+            "guidance_scale": float(first.cfg),
+            # CPU generators: the same seed gives the same noise on any device.
+            "generator": [torch.Generator("cpu").manual_seed(int(c.seed)) for c in cells],
+            "output_type": "pil",
+        }
+        if first.clip_skip > 1:
+            kwargs["clip_skip"] = int(first.clip_skip) - 1  # diffusers counts skipped layers; A1111 counts from 1
+        if in_memory:
+            # An adapter trained in this process: scaled per call (diffusers scale_lora_layers).
+            kwargs["cross_attention_kwargs"] = {"scale": float(in_memory[0].weight)}
+        self._control_kwargs(kwargs, first, nets, width, height)
+        if first.init_image:
+            kwargs["image"] = prepare_control_image(first.init_image, width, height)  # load + crop-and-resize
+            kwargs["strength"] = float(first.strength)
+        else:
+            kwargs["width"], kwargs["height"] = width, height
+        return pipe(**kwargs).images
+
+    def _controlnet(self, spec: str):
+        if spec not in self.controlnets:
+            self.add_controlnet(spec, load_controlnet(spec, self.pipe.unet.dtype).to(self.device))
+        return self.controlnets[spec]
+
+    def _control_kwargs(self, kwargs: dict, cell: CellParams, nets: list, width: int, height: int) -> None:
+        if not nets:
+            return
+        images = [prepare_control_image(c.image, width, height, c.preprocess, c.low, c.high) for c in cell.controls]
+        multi = len(nets) > 1
+        key = "control_image" if cell.init_image else "image"
+        kwargs[key] = images if multi else images[0]
+        kwargs["controlnet_conditioning_scale"] = [float(c.scale) for c in cell.controls] if multi else float(cell.controls[0].scale)
+        kwargs["control_guidance_start"] = [float(c.start) for c in cell.controls] if multi else float(cell.controls[0].start)
+        kwargs["control_guidance_end"] = [float(c.end) for c in cell.controls] if multi else float(cell.controls[0].end)
+
+
+def build_text2img(family: str, unet, vae, scheduler, text_encoders: list, tokenizers: list):
+    """The family's text-to-image pipeline from loose components (no safety checker: offline toolkit)."""
+    import diffusers
+
+    if family == SDXL:
+        if len(text_encoders) != 2:
+            raise UserError("an SDXL model needs two text encoders (text_encoder and text_encoder_2)")
+        return diffusers.StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1], tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1], unet=unet, scheduler=scheduler,
+        )  # fmt: skip
+    return diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizers[0], unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip

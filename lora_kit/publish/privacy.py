@@ -1,0 +1,205 @@
+"""Nothing local or secret leaves the machine: scrubbed copies of the published files, then a final check.
+
+Two layers. (1) Every file is rewritten on the way out: safetensors metadata and PNG text chunks go
+through `scrub_text` (absolute paths -> their last component, token-looking values removed, via
+lora_kit.adapters.metadata.scrub_paths for whole values). (2) Before anything is uploaded or zipped,
+`check_folder` scans every file for the local roots of this machine (home, working folder, temp folder,
+the run folder and its parents) and for the access tokens in the environment, and refuses to go on.
+
+The safetensors header is edited by hand because safetensors has no API to change metadata without
+loading and re-saving the tensors; editing only the header keeps the tensor bytes (and so kohya's
+`sshs_model_hash`, a hash of the tensor data) identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+from lora_kit.adapters.metadata import scrub_paths
+from lora_kit.errors import UserError
+
+# An absolute path inside a longer text: a root (`/`, `~/`, `C:\`) and at least two components. The
+# look-behind keeps URLs (`https://host/a/b`), fractions (`1/2`) and relative paths (`models/Lora`) intact.
+_ABS_PATH = re.compile(
+    r"(?<![\w.:/\\~<>-])(?:[A-Za-z]:[\\/]+|~[\\/]+|/)(?:[^\s\"'<>|*?:\\/,;()\[\]{}]+[\\/]+)+([^\s\"'<>|*?:\\/,;()\[\]{}]*)"
+)
+_TOKEN_IN_TEXT = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN", "CIVITAI_API_KEY",
+             "CIVITAI_API_TOKEN", "CIVITAI_TOKEN")
+TEXT_SUFFIXES = (".md", ".json", ".txt", ".toml", ".yaml", ".yml", ".csv")
+
+
+def scrub_text(text: str) -> str:
+    """`text` with absolute paths reduced to their last component and Hub tokens removed."""
+    whole = scrub_paths(text)
+    if whole != text:
+        return str(whole)
+
+    def last(m: re.Match) -> str:
+        parts = [p for p in re.split(r"[\\/]+", m.group(0)) if p]
+        return parts[-1] if parts else ""
+
+    return _TOKEN_IN_TEXT.sub("<removed>", _ABS_PATH.sub(last, text))
+
+
+def scrub_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """safetensors metadata with secret-named keys dropped and every value scrubbed."""
+    kept = scrub_paths({k: "" for k in metadata})  # drops keys named like token/password/api_key
+    return {k: scrub_text(str(v)) for k, v in metadata.items() if k in kept}
+
+
+# --------------------------------------------------------------------------------------- safetensors
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
+    """(header dict, data offset) of a .safetensors file, reading only the header."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n <= 1 or n > 100_000_000:
+            raise UserError(f"{Path(path).name}: not a safetensors file")
+        return json.loads(f.read(n)), 8 + n
+
+
+def copy_safetensors(src: Path, dst: Path, transform=scrub_metadata) -> dict[str, str]:
+    """Copy `src` to `dst` with `transform(metadata)` as its metadata; tensor bytes copied verbatim.
+
+    Returns the new metadata. kohya's `sshs_legacy_hash` depends on the ss_* header, so it is recomputed
+    (the kohya way, lora_kit.adapters.hashes) when scrubbing changed an ss_* value.
+    """
+    header, offset = read_safetensors_header(src)
+    old = header.pop("__metadata__", None) or {}
+    new = transform(dict(old))
+    if "sshs_legacy_hash" in old and _ss(old) != _ss(new):
+        new["sshs_model_hash"], new["sshs_legacy_hash"] = _kohya_hashes(src, new)
+    if new:
+        header = {"__metadata__": new, **header}
+    blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the safetensors writer pads the header to 8 bytes with spaces
+    tmp = _temp_beside(dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            fout.write(struct.pack("<Q", len(blob)) + blob)
+            fin.seek(offset)
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return new
+
+
+def _ss(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if k.startswith("ss_")}
+
+
+def _kohya_hashes(src: Path, metadata: dict) -> tuple[str, str]:
+    from safetensors.torch import load_file
+
+    from lora_kit.adapters.hashes import precalculate_hashes
+
+    return precalculate_hashes(load_file(str(src)), metadata)
+
+
+def _temp_beside(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+# ----------------------------------------------------------------------------------------------- PNG
+
+
+def copy_png(src: Path, dst: Path, extra_text: dict[str, str] | None = None) -> dict[str, str]:
+    """Re-save a PNG keeping only its text chunks (scrubbed): EXIF/XMP and other chunks are dropped."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(src) as im:
+        im.load()
+        text = {k: scrub_text(str(v)) for k, v in (getattr(im, "text", {}) or {}).items()}
+        text.update({k: scrub_text(v) for k, v in (extra_text or {}).items() if k not in text})
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value) if not value.isascii() else info.add_text(key, value)
+        tmp = _temp_beside(dst)
+        try:
+            im.save(tmp, format="PNG", pnginfo=info)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- check
+
+
+def local_roots(*extra: str | Path) -> list[str]:
+    """Absolute paths of this machine that must never appear in a published byte."""
+    roots = {str(Path.home()), os.getcwd(), tempfile.gettempdir(), *(str(e) for e in extra if e)}
+    out = set()
+    for root in roots:
+        p = Path(root).expanduser()
+        for q in [p, *p.parents]:
+            if len(str(q)) >= 4:  # "/" and one-letter roots would match anything
+                out.add(str(q))
+        try:
+            out.add(str(p.resolve()))
+        except OSError:
+            pass
+    return sorted(out, key=len, reverse=True)
+
+
+def secrets() -> list[str]:
+    """Access tokens this process could see (environment and the huggingface_hub login)."""
+    found = [os.environ.get(k, "") for k in TOKEN_ENV]
+    try:
+        from huggingface_hub import get_token
+
+        found.append(get_token() or "")
+    except Exception:  # noqa: BLE001 - no login is not an error here
+        pass
+    return sorted({s.strip() for s in found if len(s.strip()) >= 8})
+
+
+def _texts(path: Path) -> list[str]:
+    """The parts of a file where a path could hide: metadata and text, not compressed pixels or tensors."""
+    if path.suffix == ".safetensors":
+        header, _ = read_safetensors_header(path)
+        return [json.dumps(header, ensure_ascii=False)]
+    if path.suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            return [f"{k}\n{v}" for k, v in (getattr(im, "text", {}) or {}).items()]
+    return [path.read_bytes().decode("utf-8", errors="replace")]
+
+
+def find_leaks(folder: Path, roots: list[str], tokens: list[str]) -> list[str]:
+    """['relative/file: what'] for every file that holds a local root or a token (the token is not shown)."""
+    patterns = [re.compile(r"(?<![\w.])" + re.escape(r) + r"(?![\w.-])") for r in roots]
+    problems = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        raw = path.read_bytes()
+        if any(t.encode() in raw for t in tokens):
+            problems.append(f"{rel}: an access token")
+        texts = _texts(path)
+        hits = [root for root, pat in zip(roots, patterns) if any(pat.search(t) for t in texts)]
+        if hits:
+            problems.append(f"{rel}: a local path ({hits[0]})")  # shown on this machine only
+    return problems
+
+
+def check_folder(folder: Path, extra_roots: list[str | Path] = ()) -> None:
+    problems = find_leaks(folder, local_roots(*extra_roots), secrets())
+    if problems:
+        raise UserError("refusing to publish, private data found: " + "; ".join(problems))

@@ -1,0 +1,253 @@
+"""Reading a finished training run directory: summary, resolved recipe, adapter files, newest sample grid.
+
+Publishing takes everything from the run folder so that it needs no flags beyond the target. The sample
+grid manifest (grid.json, written by lora_kit.infer) is read tolerantly: a missing or older manifest falls
+back to the A1111 `parameters` chunk of each cell PNG, and a run without samples still publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_kit.errors import UserError
+
+SUMMARY_FILE = "summary.json"
+RECIPE_FILE = "recipe.toml"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class SampleImage:
+    path: Path  # inside the run folder
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int | None = None
+    weight: float | None = None  # LoRA strength the image was rendered at (None: unknown)
+    parameters: str = ""  # the cell's A1111 `parameters` chunk, "" when it has none
+    fields: dict = field(default_factory=dict)  # steps, cfg, sampler, size (manifest or chunk)
+
+
+@dataclass
+class Samples:
+    step_dir: Path
+    grid: Path | None
+    cells: list[SampleImage]
+    manifest: dict
+
+
+@dataclass
+class Run:
+    root: Path
+    summary: dict
+    recipe: dict
+    kohya_file: Path
+    diffusers_file: Path | None
+    samples: Samples | None
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("output_name") or self.kohya_file.stem)
+
+    @property
+    def family(self) -> str:
+        return str(self.summary.get("family") or "sd1")
+
+    @property
+    def base_model(self) -> str:
+        return str(self.summary.get("base_model") or self.recipe.get("model", {}).get("pretrained") or "")
+
+    @property
+    def trigger_words(self) -> list[str]:
+        words = self.summary.get("trigger_words")
+        if words is None:
+            words = [self.recipe.get("dataset", {}).get("trigger_word", "")]
+        return [str(w) for w in words if str(w).strip()]
+
+    def save_field(self, key: str) -> str:
+        """title/author/description/license: summary first (what training used), then the recipe's [save]."""
+        value = self.summary.get(key) or self.recipe.get("save", {}).get(key) or ""
+        return str(value)
+
+    @property
+    def tags(self) -> list[str]:
+        return [str(t) for t in (self.summary.get("tags") or self.recipe.get("save", {}).get("tags") or [])]
+
+
+def load_run(path: str | Path) -> Run:
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{path}: not a folder")
+    summary_path = root / SUMMARY_FILE
+    if not summary_path.is_file():
+        raise UserError(f"{path}: not a lora-kit run folder (no {SUMMARY_FILE}; has training finished?)")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{summary_path.name}: not valid JSON ({exc})") from exc
+    recipe = _read_recipe(root / RECIPE_FILE)
+    files = summary.get("files") or {}
+    name = summary.get("output_name") or recipe.get("name") or "lora"
+    kohya = root / str(files.get("kohya") or f"{name}.safetensors")
+    if not kohya.is_file():
+        raise UserError(f"{path}: the kohya-format LoRA {kohya.name} is missing")
+    diffusers = root / str(files.get("diffusers") or DIFFUSERS_FILE)
+    return Run(root, summary, recipe, kohya, diffusers if diffusers.is_file() else None, find_samples(root))
+
+
+def _read_recipe(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path.name}: not valid TOML ({exc})") from exc
+
+
+# ------------------------------------------------------------------------------------------- samples
+
+
+def _step_number(folder: Path) -> int:
+    m = re.search(r"(\d+)$", folder.name)
+    return int(m.group(1)) if m else -1
+
+
+def find_samples(root: Path) -> Samples | None:
+    """The newest `samples/step-XXXXXX/` folder that holds any image, or None."""
+    base = root / "samples"
+    if not base.is_dir():
+        return None
+    for step_dir in sorted((p for p in base.iterdir() if p.is_dir()), key=_step_number, reverse=True):
+        samples = read_sample_folder(step_dir)
+        if samples.grid is not None or samples.cells:
+            return samples
+    return None
+
+
+def read_sample_folder(step_dir: Path) -> Samples:
+    manifest = {}
+    if (step_dir / "grid.json").is_file():
+        try:
+            manifest = json.loads((step_dir / "grid.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            manifest = {}  # a broken manifest only loses labels; the PNG chunks still carry them
+    grid_name = manifest.get("grid") or manifest.get("image") or "grid.png"
+    grid = step_dir / str(grid_name)
+    cells = _cells_from_manifest(step_dir, manifest) or _cells_from_pngs(step_dir)
+    return Samples(step_dir, grid if grid.is_file() else None, cells, manifest)
+
+
+def _first(d: dict, *keys, default=None):
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return default
+
+
+def _cell_weight(cell: dict) -> float | None:
+    w = _first(cell, "weight", "lora_weight", "scale")
+    if w is None:
+        ws = _first(cell, "weights", "lora_weights")
+        if isinstance(ws, dict):
+            ws = list(ws.values())
+        if isinstance(ws, (list, tuple)) and ws:
+            w = ws[0]
+    try:
+        return None if w is None else float(w)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cells_from_manifest(step_dir: Path, manifest: dict) -> list[SampleImage]:
+    out = []
+    for cell in manifest.get("cells") or []:
+        rel = _first(cell, "file", "path", "image", "filename")
+        if not rel or not (step_dir / str(rel)).is_file():
+            continue
+        image = step_dir / str(rel)
+        fields = {k: cell[k] for k in ("steps", "cfg", "sampler", "width", "height", "size") if k in cell}
+        seed = _first(cell, "seed")
+        out.append(SampleImage(
+            image, str(_first(cell, "prompt", default="")), str(_first(cell, "negative_prompt", "negative", default="")),
+            int(seed) if seed is not None else None, _cell_weight(cell), png_parameters(image), fields,
+        ))
+    return out
+
+
+def _cells_from_pngs(step_dir: Path) -> list[SampleImage]:
+    from lora_kit.infer.parameters import parse_parameters
+
+    out = []
+    folder = step_dir / "cells" if (step_dir / "cells").is_dir() else step_dir
+    for image in sorted(folder.glob("*.png")):
+        if image.name == "grid.png":
+            continue
+        text = png_parameters(image)
+        parsed = parse_parameters(text) if text else {}
+        weights = list((parsed.get("loras") or {}).values())
+        seed = parsed.get("Seed")
+        out.append(SampleImage(
+            image, _strip_tags(parsed.get("Prompt", "")), parsed.get("Negative prompt", ""),
+            int(seed) if seed and str(seed).lstrip("-").isdigit() else None,
+            weights[0] if weights else (0.0 if text else None), text,
+        ))
+    return out
+
+
+def _strip_tags(prompt: str) -> str:
+    from lora_kit.infer.parameters import strip_lora_tags
+
+    return strip_lora_tags(prompt)
+
+
+def png_parameters(path: Path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return str(getattr(im, "text", {}).get("parameters", ""))
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------------------- base models
+
+
+def hub_base_model(run: Run) -> str | None:
+    """The base model as a Hub repo id, or None for builtin presets and local folders/files.
+
+    Model cards and the diffusers loading snippet need a Hub id (`RepoCard.load(id).data.base_model`);
+    a local path must never be published, so anything that exists on disk or looks like a path is None.
+    """
+    return as_hub_id(run.base_model, run.root)
+
+
+def as_hub_id(value: str, near: Path | None = None) -> str | None:
+    value = (value or "").strip()
+    if not value or value.startswith(("builtin:", "/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:", value):
+        return None
+    if value.endswith((".safetensors", ".ckpt", ".bin", ".pt")) or not _HUB_ID.match(value):
+        return None
+    if Path(value).exists() or (near is not None and (near / value).exists()):
+        return None  # a relative local folder that happens to look like "owner/name"
+    return value
+
+
+def base_model_label(run: Run) -> str:
+    """What the card says about the base model, without ever leaking a local path."""
+    hub = hub_base_model(run)
+    if hub:
+        return hub
+    value = run.base_model
+    if value.startswith("builtin:"):
+        return f"lora-kit built-in `{value[len('builtin:'):]}` (random-init test model)"
+    name = re.split(r"[\\/]", value.rstrip("\\/"))[-1] if value else ""
+    return f"a local model ({name})" if name else "unknown"
+
+
+def is_builtin_base(run: Run) -> bool:
+    return run.base_model.startswith("builtin:")

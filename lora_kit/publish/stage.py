@@ -1,0 +1,69 @@
+"""Choices shared by both targets: which sample images to publish, their A1111 text, the private roots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lora_kit.publish.rundir import Run, SampleImage
+
+
+def _nonzero(cells: list[SampleImage]) -> list[SampleImage]:
+    # Weight 0 cells show the base model without the LoRA: a baseline, not a preview of the LoRA.
+    return [c for c in cells if c.weight is None or c.weight != 0.0]
+
+
+def cells_at_weight(run: Run, weight: float) -> list[SampleImage]:
+    """One image per prompt at the recommended weight (else the strongest weight sampled), first seed."""
+    cells = _nonzero(run.samples.cells if run.samples else [])
+    known = [c for c in cells if c.weight is not None]
+    if known:
+        chosen = [c for c in known if abs(c.weight - weight) < 1e-6]
+        if not chosen:
+            top = max(c.weight for c in known)
+            chosen = [c for c in known if c.weight == top]
+        cells = chosen
+    seen, out = set(), []
+    for c in cells:
+        if c.prompt not in seen:
+            seen.add(c.prompt)
+            out.append(c)
+    return out
+
+
+def preview_cells(run: Run, limit: int = 20) -> list[SampleImage]:
+    """Every LoRA-on cell, up to Civitai's 20 images per version."""
+    return _nonzero(run.samples.cells if run.samples else [])[:limit]
+
+
+def cell_parameters(run: Run, cell: SampleImage) -> str:
+    """The cell's own A1111 `parameters` text, or one rebuilt from the grid manifest when the PNG has none."""
+    if cell.parameters:
+        return cell.parameters
+    from lora_kit.adapters.hashes import file_addnet_hash
+    from lora_kit.infer.parameters import format_parameters
+
+    f = cell.fields
+    size = f.get("size") or (f"{f['width']}x{f['height']}" if "width" in f and "height" in f else None)
+    if isinstance(size, (list, tuple)):
+        size = "x".join(str(v) for v in size)
+    fields = {"Steps": f.get("steps"), "Sampler": f.get("sampler"), "CFG scale": f.get("cfg"),
+              "Seed": cell.seed, "Size": size}
+    weight = cell.weight if cell.weight is not None else 1.0
+    # A1111 shows the first 12 hex digits of the addnet hash in "Lora hashes"; Civitai links the LoRA by it.
+    loras = [(run.name, weight, file_addnet_hash(run.kohya_file)[:12])]
+    return format_parameters(cell.prompt, cell.negative_prompt, fields, loras)
+
+
+def private_roots(run: Run, *more: str | Path) -> list[str]:
+    """Absolute paths the run knows about (run folder, dataset folders, a local base model, outputs)."""
+    found = [str(run.root.resolve()), *(str(m) for m in more)]
+    candidates = list((run.summary.get("dataset_dirs") or {}).keys())
+    candidates += [run.summary.get("base_model"), *(run.summary.get("dataset_paths") or [])]
+    model, data = run.recipe.get("model", {}), run.recipe.get("dataset", {})
+    candidates += [model.get("pretrained"), model.get("vae"), data.get("path"), data.get("reg_path"),
+                   run.recipe.get("output_dir"), run.recipe.get("sample", {}).get("control_image")]
+    for value in candidates:
+        if isinstance(value, str) and value and (os.path.isabs(value) or value.startswith("~")):
+            found.append(os.path.expanduser(value))
+    return found
