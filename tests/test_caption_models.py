@@ -121,7 +121,6 @@ class TinyTagger(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def tagger_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("onnxscript", reason="torch.onnx.export needs onnxscript (test extra)")
     out = tmp_path_factory.mktemp("models") / "tiny-tagger"
     out.mkdir()
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -134,7 +133,6 @@ def tagger_dir(tmp_path_factory) -> Path:
 
 
 def test_tagger_tags_colours_with_pinned_output(dataset, tagger_dir):
-    pytest.importorskip("onnxruntime")
     cap = create_captioner("tagger", model=str(tagger_dir), rating=True, device="cpu")
     assert cap.size == 16 and cap.max_batch is None
     rules = EditRules(trigger="ohwx", underscores_to_spaces=True, sort_by_confidence=True)
@@ -150,7 +148,6 @@ def test_tagger_tags_colours_with_pinned_output(dataset, tagger_dir):
 
 
 def test_tagger_scores_and_thresholds(tagger_dir):
-    pytest.importorskip("onnxruntime")
     cap = create_captioner("tagger", model=str(tagger_dir), general_threshold=0.9, character_threshold=0.9999)
     red = Image.new("RGB", (20, 20), (255, 0, 0))
     (result,) = cap.caption([None], [red])

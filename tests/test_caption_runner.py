@@ -70,6 +70,9 @@ def test_template_writes_a_sidecar_per_readable_image(dataset, caplog):
                                 "red circle": 1, "tiny dot": 1}
     assert not (dataset / PROGRESS_FILE).exists()  # a complete run leaves no progress log
     assert not [p for p in dataset.rglob("*.tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (dataset / GOOD[1]).with_suffix(".txt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_filename_captioner_and_caption_extension(dataset):

@@ -1,9 +1,10 @@
 """Where captions live: `.txt`/`.caption` sidecars or an imagefolder `metadata.jsonl`, plus a progress log.
 
-Every file is replaced atomically (temp file in the same folder + os.replace), so a killed run leaves
-each caption either old or new, never half-written. The progress log makes a run resumable in every
-write mode: it is appended one line per finished image (a single write call; a truncated last line
-is ignored on reload) and removed when the run completes.
+Every file is replaced atomically (lora_kit.utils.atomic_write_text: temp file in the same folder +
+os.replace, permissions from the umask), so a killed run leaves each caption old or new, never
+half-written. The progress log makes a run resumable in every write mode: it is appended one line per
+finished image (a single write call; a truncated last line is ignored on reload) and removed when the
+run completes.
 """
 
 from __future__ import annotations
@@ -11,31 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from lora_kit.captioning.scan import ImageItem
 from lora_kit.errors import UserError
+from lora_kit.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
 PROGRESS_FILE = ".lora-kit-caption-progress.jsonl"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _norm_rel(name: str) -> str:
