@@ -1,0 +1,133 @@
+"""Training on the tiny model: outputs, overfitting, alpha != rank, exact resume, effect on images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.train_utils import reset_accelerate, run_training
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    t = run_training(out, ["network.rank=4", "network.alpha=2", "log.tensorboard=true", "save.every_n_steps=2"])
+    return t, out
+
+
+def test_run_writes_all_outputs(smoke_run):
+    t, out = smoke_run
+    assert t.global_step == 4
+    for name in ("tiny-smoke.safetensors", "pytorch_lora_weights.safetensors", "recipe.toml", "summary.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["checkpoint-000002"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["steps"], summary["rank"], summary["alpha"], summary["family"]) == (4, 4, 2.0, "sd1")
+    assert summary["num_train_images"] == 200  # 20 images x 10 repeats (kohya counting)
+
+
+def test_alpha_differs_from_rank_in_both_files(smoke_run):
+    _, out = smoke_run
+    kohya = load_file(str(out / "tiny-smoke.safetensors"))
+    alphas = {k: float(v) for k, v in kohya.items() if k.endswith(".alpha")}
+    assert alphas and set(alphas.values()) == {2.0}
+    downs = [v for k, v in kohya.items() if k.endswith("lora_down.weight")]
+    assert {d.shape[0] for d in downs} == {4}
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    with safe_open(str(out / "tiny-smoke.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_base_model_version"]) == ("4", "2.0", "sd_v1")
+    with safe_open(str(out / "pytorch_lora_weights.safetensors"), "pt") as f:
+        dmeta = f.metadata()
+    cfg = json.loads(dmeta["lora_adapter_metadata"])
+    assert (cfg["unet.r"], cfg["unet.lora_alpha"]) == (4, 2.0)  # diffusers' flattened LoraConfig
+
+
+def _pipe(model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(str(model_dir), safety_checker=None, requires_safety_checker=False)
+
+
+def _render(pipe, **kw):
+    g = torch.Generator().manual_seed(0)
+    return pipe("ohwx star, a red ohwx star", num_inference_steps=3, height=64, width=64, generator=g, output_type="np", **kw).images[0]
+
+
+def test_trained_adapter_changes_images_and_scale_zero_is_base(smoke_run):
+    from lora_kit.models.loading import resolve_model
+
+    t, out = smoke_run
+    pipe = _pipe(resolve_model("builtin:tiny-sd15"))
+    base = _render(pipe)
+    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors", adapter_name="trained")
+    with_lora = _render(pipe)
+    pipe.set_adapters(["trained"], [0.0])
+    zero = _render(pipe)
+    assert abs(with_lora - base).max() > 1e-3
+    assert abs(zero - base).max() < 1e-6
+    # The diffusers file reproduces the in-memory adapter (same alpha/rank scale).
+    pipe2 = _pipe(resolve_model("builtin:tiny-sd15"))
+    pipe2.unet = t.accelerator.unwrap_model(t.unet).eval()
+    assert abs(_render(pipe2) - with_lora).max() < 1e-3  # fp16 file vs fp32 weights
+
+
+def test_resume_is_exact(tmp_path):
+    full = run_training(tmp_path / "full", ["train.max_steps=6", "dataset.caption_dropout=0.2", "dataset.shuffle_tags=true"])
+    part = tmp_path / "part"
+    first = run_training(part, ["train.max_steps=6", "dataset.caption_dropout=0.2", "dataset.shuffle_tags=true"], stop_after=4)
+    assert first.global_step == 4 and not (part / "pytorch_lora_weights.safetensors").exists()
+    resumed = run_training(part, ["train.max_steps=6", "dataset.caption_dropout=0.2", "dataset.shuffle_tags=true"], resume="latest")
+    assert resumed.global_step == 6
+    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(part / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ja, jb = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "full", part))
+    assert (ja["steps"], ja["epoch"]) == (jb["steps"], jb["epoch"]) == (6, 0)
+
+
+def test_partial_checkpoint_is_ignored(tmp_path):
+    out = tmp_path / "run"
+    run_training(out, ["train.max_steps=4"], stop_after=2)
+    fake = out / "checkpoints" / "checkpoint-000003.partial"
+    fake.mkdir()
+    (fake / "junk").write_text("half written")
+    t = run_training(out, ["train.max_steps=4"], resume="latest")
+    assert t.global_step == 4 and not fake.exists()
+
+
+def test_overfit_four_images_with_fixed_noise(tmp_path):
+    """Same 4 images, same noise and timesteps every step: the loss falls by at least 40 % in 60 steps
+    (measured: 1.156 -> 0.638 on the random-init tiny model; only the rank-8 adapters learn)."""
+    from lora_kit.config.load import load_recipe
+    from lora_kit.train.recipe import LoraTrainer
+    from lora_kit.train.step import forward_loss
+
+    reset_accelerate()
+    r = load_recipe("tiny-smoke", [f'output_dir="{tmp_path}"', "dataset.caption_dropout=0.0",
+                                   "train.batch_size=4", "optimizer.name=adamw", "optimizer.lr=3e-3", "network.rank=8",
+                                   "network.alpha=8", "log.tensorboard=false", "loss.min_timestep=100", "loss.max_timestep=400"])
+    t = LoraTrainer(r)
+    t.setup()
+    ds = t.data.data.dataset
+    from lora_kit.data.dataset import collate
+
+    square = [i for i, s in enumerate(ds.samples) if s.placement.bucket == (64, 64)][:4]
+    indices = [ds.index.index(i) for i in square]  # first dataset position of each of 4 square images
+    batch = collate([ds[i] for i in indices])
+    losses = []
+    for _ in range(60):
+        loss, _ = forward_loss(t.ctx, batch, step=0)  # step fixed: same noise and timesteps each time
+        t.accelerator.backward(loss)
+        t.optimizer.step()
+        t.optimizer.zero_grad()
+        losses.append(float(loss))
+    t.cleanup()
+    assert losses[-1] < 0.6 * losses[0], (losses[0], losses[-1])
+    assert losses[-1] < min(losses[:10])
