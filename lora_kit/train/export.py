@@ -31,7 +31,7 @@ def train_info(trainer) -> dict:
         "training_started_at": trainer.started_at,
         "training_finished_at": time.time(),
         "steps": trainer.global_step,
-        "epoch": trainer.epoch,
+        "epoch": trainer.epoch + (1 if trainer.batch_in_epoch else 0),  # epochs begun, kohya's 1-based count
         "max_train_steps": trainer.total_steps,
         "learning_rate": r.optimizer.lr,
         "unet_lr": r.optimizer.lr,
