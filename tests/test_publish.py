@@ -103,18 +103,20 @@ def make_run_dir(root: Path, family: str = "sd1", base_model: str = HUB_BASE, sa
 
 
 def _samples(run: Path, root: Path) -> None:
+    """Grid folders in lora_kit.infer's layout (lora-kit-grid/1); training grids call the adapter "default"."""
     _png(run / "samples" / "step-000005" / "grid.png", (9, 9, 9), None)  # older step: must be ignored
     step = run / "samples" / "step-000010"
     cells = []
     for i, (prompt, weight) in enumerate([("sks star", 0.0), ("sks star", 1.0), ("sks star, red", 0.0), ("sks star, red", 1.0)]):
-        rel = f"cells/p{i // 2}-w{weight:g}.png"
-        tag = f" <lora:{NAME}:{weight:g}>" if weight else ""
+        rel = f"cells/{i:03d}.png"
+        tag = f" <lora:default:{weight:g}>" if weight else ""
         text = f"{prompt}{tag}\nNegative prompt: blurry\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 0, Size: 32x32, Model: {root}/models/sd15"
         _png(step / rel, (40 * i, 100, 200), text)
-        cells.append({"prompt": prompt, "negative_prompt": "blurry", "seed": 0, "weight": weight, "steps": 4,
-                      "cfg": 7.0, "sampler": "euler", "width": 32, "height": 32, "file": rel})
+        params = {"prompt": prompt, "negative_prompt": "blurry", "seed": 0, "steps": 4, "cfg": 7.0, "sampler": "Euler",
+                  "width": 32, "height": 32, "loras": [{"path": "", "weight": weight, "name": "default", "label": ""}]}
+        cells.append({"index": i, "row": i // 2, "col": i % 2, "file": rel, "params": params, "parameters": text})
     _png(step / "grid.png", (1, 2, 3), f"grid of {run}")
-    (step / "grid.json").write_text(json.dumps({"cells": cells, "grid": "grid.png"}))
+    (step / "grid.json").write_text(json.dumps({"format": "lora-kit-grid/1", "cells": cells}))
 
 
 @pytest.fixture(autouse=True)
@@ -306,8 +308,14 @@ def test_civitai_bundle(run_dir, tmp_path, capsys):
 
     meta = safetensors_metadata(weights)
     assert meta["ss_network_dim"] == "4" and meta["ss_output_name"] == NAME and "lora_kit.hub_token" not in meta
-    params = png_text(files["previews/02-w1-seed0.png"])["parameters"]
-    assert params.startswith(f"sks star, red <lora:{NAME}:1>") and "Seed: 0" in params and "Model: sd15" in params
+    from lora_kit.adapters.hashes import file_addnet_hash
+    from lora_kit.infer.parameters import parse_parameters
+
+    params = parse_parameters(png_text(files["previews/02-w1-seed0.png"])["parameters"])
+    # the training adapter ("default") is renamed to the published file and linked by its hash
+    assert params["Prompt"] == f"sks star, red <lora:{NAME}:1>" and params["Negative prompt"] == "blurry"
+    assert params["Lora hashes"] == {NAME: file_addnet_hash(run_dir / f"{NAME}.safetensors")[:12]}
+    assert params["Seed"] == "0" and params["Model"] == "sd15" and params["Sampler"] == "Euler"
 
     guide = files["civitai-upload.txt"].decode()
     for needle in ("Type:               LoRA", "Base model:         SD 1.5", "Trigger words:      sks star",
@@ -336,8 +344,12 @@ def test_civitai_zip_is_reproducible(run_dir, tmp_path):
 def test_cells_without_parameters_get_them_from_the_manifest(run_dir, tmp_path):
     from lora_kit.adapters.hashes import file_addnet_hash
 
-    for png in (run_dir / "samples" / "step-000010" / "cells").glob("*.png"):
-        _png(png, (5, 5, 5), None)
+    manifest = run_dir / "samples" / "step-000010" / "grid.json"
+    m = json.loads(manifest.read_text())
+    for cell in m["cells"]:
+        _png(manifest.parent / cell["file"], (5, 5, 5), None)
+        del cell["parameters"]
+    manifest.write_text(json.dumps(m))
     out = tmp_path / "c.zip"
     assert main(["publish", str(run_dir), "--civitai", str(out)]) == 0
     with zipfile.ZipFile(out) as zf:
@@ -387,6 +399,7 @@ def test_scrub_text():
     assert scrub_text("/home/me/data/10_dog") == "10_dog"
     assert scrub_text("Model: /srv/x/models/sd15, Seed: 1") == "Model: sd15, Seed: 1"
     assert scrub_text('{"C:\\\\Users\\\\me\\\\data": 1}') == '{"data": 1}'
+    assert scrub_text("see file:///home/me/x.png and ~/models/sd.safetensors") == "see x.png and sd.safetensors"
     keep = "see https://huggingface.co/a/b and models/Lora, 1/2 of </a> ~ <lora:x:1>"
     assert scrub_text(keep) == keep
     assert scrub_text(f"token {TOKEN} here") == "token <removed> here"
@@ -401,5 +414,26 @@ def test_find_leaks_reports_paths_and_tokens(tmp_path):
     (folder / "b.json").write_text(json.dumps({"t": TOKEN}))
     (folder / "c.txt").write_text("clean, see https://example.com/tmp/x")
     _png(folder / "d.png", (0, 0, 0), f"Model: {tmp_path}/m")
-    problems = find_leaks(folder, [str(tmp_path)], [TOKEN])
-    assert problems == [f"a.txt: a local path ({tmp_path})", "b.json: an access token", f"d.png: a local path ({tmp_path})"]
+    from safetensors.torch import save_file
+
+    win = "C:\\Users\\me"
+    save_file(_kohya_tensors(), str(folder / "e.safetensors"), metadata={"ss_dataset_dirs": json.dumps({win + "\\d": 1})})
+    problems = find_leaks(folder, [str(tmp_path), win], [TOKEN])
+    assert problems == [f"a.txt: a local path ({tmp_path})", "b.json: an access token",
+                        f"d.png: a local path ({tmp_path})", f"e.safetensors: a local path ({win})"]
+
+
+def test_publish_refuses_when_a_local_root_survives_scrubbing(tmp_path, monkeypatch, capsys):
+    """A one-component root in free text is not rewritten (it could be prose), but the final check catches it."""
+    monkeypatch.setenv("HOME", "/nonexistent-home-xyz")
+    run = make_run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["description"] = "backup kept under /nonexistent-home-xyz for now"
+    (run / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "hub"
+    assert main(["publish", str(run), "--hub", "me/x", "--dry-run", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to publish" in err and "README.md: a local path (/nonexistent-home-xyz)" in err
+    assert main(["publish", str(run), "--civitai", str(tmp_path / "c.zip")]) == 2
+    assert not out.exists() and not (tmp_path / "c.zip").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

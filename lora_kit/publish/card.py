@@ -8,6 +8,7 @@ huggingface_hub's ModelCardData writes the YAML (quoting prompts with colons etc
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -82,7 +83,7 @@ def render_card(run: Run, details: Details, repo_id: str, widgets: list[Widget],
     """README.md text: front matter then body; parses with huggingface_hub.ModelCard."""
     data = card_data(run, details, widgets)
     body = "\n".join([
-        _intro(details), _usage_diffusers(run, details, repo_id), _usage_webui(run, details),
+        _intro(details), _usage_diffusers(run, details, repo_id, widgets), _usage_webui(run, details),
         _samples(widgets, grid_url), _settings(run, details), _dataset(run),
         f"\n*Trained with lora-kit {_version()}.*\n",
     ])
@@ -107,18 +108,26 @@ def _intro(d: Details) -> str:
     return "\n".join(lines)
 
 
-def _usage_diffusers(run: Run, d: Details, repo_id: str) -> str:
+def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) -> str:
     base = d.base_model or "<the base model this LoRA was trained on>"
     adapter = re.sub(r"\W+", "_", run.name).strip("_") or "lora"
-    prompt = ", ".join(d.trigger_words + ["a photo"]) if d.trigger_words else "a photo"
+    prompt = widgets[0].prompt if widgets else ", ".join(d.trigger_words + ["a photo"])
     pipe = "StableDiffusionXLPipeline" if run.family == "sdxl" else "StableDiffusionPipeline"
+    # diffusers converts kohya files on load, so a run without the diffusers file still loads.
+    weights = "pytorch_lora_weights.safetensors" if run.diffusers_file is not None else run.kohya_file.name
+    if run.base_model.startswith("builtin:") and not d.base_model:
+        # lora-kit's tiny test models are not on the Hub; lora-kit rebuilds them (seed 0, as training did).
+        preset = run.base_model[len("builtin:"):]
+        load = ["from lora_kit.models.presets import build_pipeline", "", f'pipe = build_pipeline("{preset}", seed=0)']
+    else:
+        load = ["import torch", f"from diffusers import {pipe}", "",
+                f'pipe = {pipe}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")']
     return "\n".join([
         "## Use with diffusers", "",
-        "```python", "import torch", f"from diffusers import {pipe}", "",
-        f'pipe = {pipe}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
-        f'pipe.load_lora_weights("{repo_id}", weight_name="pytorch_lora_weights.safetensors", adapter_name="{adapter}")',
+        "```python", *load,
+        f'pipe.load_lora_weights("{repo_id}", weight_name="{weights}", adapter_name="{adapter}")',
         f'pipe.set_adapters(["{adapter}"], adapter_weights=[{fmt(d.weight)}])',
-        f'image = pipe("{prompt}").images[0]', "```", "",
+        f"image = pipe({json.dumps(prompt, ensure_ascii=False)}).images[0]", "```", "",
         "See the [diffusers LoRA guide](https://huggingface.co/docs/diffusers/using-diffusers/loading_adapters) "
         "for stacking several LoRAs and fusing them into the model.", "",
     ])

@@ -12,7 +12,6 @@ The zip is written to a temporary file beside OUT.zip and renamed, and never rep
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import tempfile

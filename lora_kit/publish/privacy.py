@@ -27,12 +27,11 @@ from lora_kit.errors import UserError
 # An absolute path inside a longer text: a root (`/`, `~/`, `C:\`) and at least two components. The
 # look-behind keeps URLs (`https://host/a/b`), fractions (`1/2`) and relative paths (`models/Lora`) intact.
 _ABS_PATH = re.compile(
-    r"(?<![\w.:/\\~<>-])(?:[A-Za-z]:[\\/]+|~[\\/]+|/)(?:[^\s\"'<>|*?:\\/,;()\[\]{}]+[\\/]+)+([^\s\"'<>|*?:\\/,;()\[\]{}]*)"
+    r"(?:file://|(?<![\w.:/\\~<>-]))(?:[A-Za-z]:[\\/]+|~[\\/]+|/)(?:[^\s\"'<>|*?:\\/,;()\[\]{}]+[\\/]+)+([^\s\"'<>|*?:\\/,;()\[\]{}]*)"
 )
 _TOKEN_IN_TEXT = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN", "CIVITAI_API_KEY",
              "CIVITAI_API_TOKEN", "CIVITAI_TOKEN")
-TEXT_SUFFIXES = (".md", ".json", ".txt", ".toml", ".yaml", ".yml", ".csv")
 
 
 def scrub_text(text: str) -> str:
@@ -117,14 +116,15 @@ def _temp_beside(path: Path) -> str:
 
 
 def copy_png(src: Path, dst: Path, extra_text: dict[str, str] | None = None) -> dict[str, str]:
-    """Re-save a PNG keeping only its text chunks (scrubbed): EXIF/XMP and other chunks are dropped."""
+    """Re-save a PNG keeping only its text chunks (scrubbed; `extra_text` replaces or adds chunks):
+    EXIF/XMP and other chunks are dropped."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     with Image.open(src) as im:
         im.load()
         text = {k: scrub_text(str(v)) for k, v in (getattr(im, "text", {}) or {}).items()}
-        text.update({k: scrub_text(v) for k, v in (extra_text or {}).items() if k not in text})
+        text.update({k: scrub_text(v) for k, v in (extra_text or {}).items()})
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, value) if not value.isascii() else info.add_text(key, value)
@@ -173,7 +173,9 @@ def _texts(path: Path) -> list[str]:
     """The parts of a file where a path could hide: metadata and text, not compressed pixels or tensors."""
     if path.suffix == ".safetensors":
         header, _ = read_safetensors_header(path)
-        return [json.dumps(header, ensure_ascii=False)]
+        meta = header.pop("__metadata__", None) or {}
+        # Metadata values themselves (one JSON level less than the header), so escaped paths still match.
+        return [json.dumps(header, ensure_ascii=False), *map(str, meta), *map(str, meta.values())]
     if path.suffix == ".png":
         from PIL import Image
 
@@ -185,7 +187,9 @@ def _texts(path: Path) -> list[str]:
 
 def find_leaks(folder: Path, roots: list[str], tokens: list[str]) -> list[str]:
     """['relative/file: what'] for every file that holds a local root or a token (the token is not shown)."""
-    patterns = [re.compile(r"(?<![\w.])" + re.escape(r) + r"(?![\w.-])") for r in roots]
+    # A root may also appear JSON-escaped (Windows backslashes doubled inside a JSON metadata value).
+    patterns = [re.compile(r"(?<![\w.])(?:" + "|".join({re.escape(r), re.escape(json.dumps(r)[1:-1])}) + r")(?![\w.-])")
+                for r in roots]
     problems = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()

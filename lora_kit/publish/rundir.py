@@ -149,13 +149,14 @@ def _first(d: dict, *keys, default=None):
 
 
 def _cell_weight(cell: dict) -> float | None:
+    """The LoRA weight of a cell: lora-kit manifests keep it in params.loras[0].weight."""
     w = _first(cell, "weight", "lora_weight", "scale")
     if w is None:
-        ws = _first(cell, "weights", "lora_weights")
+        ws = _first(cell, "loras", "weights", "lora_weights")
         if isinstance(ws, dict):
             ws = list(ws.values())
         if isinstance(ws, (list, tuple)) and ws:
-            w = ws[0]
+            w = ws[0].get("weight") if isinstance(ws[0], dict) else ws[0]
     try:
         return None if w is None else float(w)
     except (TypeError, ValueError):
@@ -163,17 +164,21 @@ def _cell_weight(cell: dict) -> float | None:
 
 
 def _cells_from_manifest(step_dir: Path, manifest: dict) -> list[SampleImage]:
+    """Cells of a grid.json: lora-kit's format (lora-kit-grid/1: generation settings under "params") or
+    a flat one (settings on the cell itself)."""
     out = []
     for cell in manifest.get("cells") or []:
         rel = _first(cell, "file", "path", "image", "filename")
         if not rel or not (step_dir / str(rel)).is_file():
             continue
         image = step_dir / str(rel)
-        fields = {k: cell[k] for k in ("steps", "cfg", "sampler", "width", "height", "size") if k in cell}
-        seed = _first(cell, "seed")
+        p = {**cell, **(cell.get("params") or {})}
+        fields = {k: p[k] for k in ("steps", "cfg", "sampler", "width", "height", "size") if p.get(k)}
+        seed = _first(p, "seed")
+        text = png_parameters(image) or str(cell.get("parameters") or "")
         out.append(SampleImage(
-            image, str(_first(cell, "prompt", default="")), str(_first(cell, "negative_prompt", "negative", default="")),
-            int(seed) if seed is not None else None, _cell_weight(cell), png_parameters(image), fields,
+            image, str(_first(p, "prompt", default="")), str(_first(p, "negative_prompt", "negative", default="")),
+            int(seed) if seed is not None else None, _cell_weight(p), text, fields,
         ))
     return out
 

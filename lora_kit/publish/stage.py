@@ -37,10 +37,17 @@ def preview_cells(run: Run, limit: int = 20) -> list[SampleImage]:
 
 
 def cell_parameters(run: Run, cell: SampleImage) -> str:
-    """The cell's own A1111 `parameters` text, or one rebuilt from the grid manifest when the PNG has none."""
-    if cell.parameters:
-        return cell.parameters
+    """The cell's A1111 `parameters` text naming the published file, so A1111 and Civitai link the LoRA.
+
+    Training grids name the in-memory adapter ("<lora:default:1>", no hash); here it becomes
+    `<lora:<name>:w>` with "Lora hashes" (the first 12 hex digits of the addnet hash, as A1111 writes).
+    A cell without text gets one rebuilt from the grid manifest.
+    """
     from lora_kit.adapters.hashes import file_addnet_hash
+
+    short = file_addnet_hash(run.kohya_file)[:12]
+    if cell.parameters:
+        return retarget_parameters(cell.parameters, run.name, short)
     from lora_kit.infer.parameters import format_parameters
 
     f = cell.fields
@@ -50,9 +57,25 @@ def cell_parameters(run: Run, cell: SampleImage) -> str:
     fields = {"Steps": f.get("steps"), "Sampler": f.get("sampler"), "CFG scale": f.get("cfg"),
               "Seed": cell.seed, "Size": size}
     weight = cell.weight if cell.weight is not None else 1.0
-    # A1111 shows the first 12 hex digits of the addnet hash in "Lora hashes"; Civitai links the LoRA by it.
-    loras = [(run.name, weight, file_addnet_hash(run.kohya_file)[:12])]
-    return format_parameters(cell.prompt, cell.negative_prompt, fields, loras)
+    return format_parameters(cell.prompt, cell.negative_prompt, fields, [(run.name, weight, short)])
+
+
+def retarget_parameters(text: str, name: str, short_hash: str) -> str:
+    """`text` with its single LoRA renamed to `name` and hashed; texts with 0 or 2+ LoRAs are kept as is."""
+    from lora_kit.infer.parameters import format_parameters, parse_parameters, strip_lora_tags
+
+    parsed = parse_parameters(text)
+    loras = parsed.get("loras") or {}
+    if len(loras) != 1:
+        return text
+    ((alias, weight),) = loras.items()
+    if alias == name and parsed.get("Lora hashes"):
+        return text
+    fields = {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt", "loras", "Lora hashes")}
+    if not fields:  # no settings line A1111 would parse: rename only
+        return text.replace(f"<lora:{alias}:", f"<lora:{name}:")
+    prompt = strip_lora_tags(parsed["Prompt"])
+    return format_parameters(prompt, parsed["Negative prompt"], fields, [(name, weight, short_hash)])
 
 
 def private_roots(run: Run, *more: str | Path) -> list[str]:
