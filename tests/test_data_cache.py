@@ -183,3 +183,42 @@ def test_content_hash_memo_sees_same_size_rewrite_with_restored_mtime(tmp_path):
     path.write_bytes(b"B" * 64)  # same size, and a copy tool puts the old mtime back
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert ContentHasher(tmp_path / "index.json").sha(record) == hashlib.sha256(b"B" * 64).hexdigest()
+
+
+def test_two_processes_split_the_work_without_gaps(tmp_path, vae):
+    from lora_kit.data.cache import LatentItem, precompute_latents
+
+    def pixels(seed):
+        return lambda: torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    items = [LatentItem(latent_key(f"img{i}", Placement((32, 32), (32, 32), 0, 0, (32, 32)), False, "v"), pixels(i), (32, 32))
+             for i in range(12)]
+    def undecodable():
+        raise OSError("broken data stream when reading image file")
+
+    items.append(LatentItem(latent_key("bad", Placement((32, 32), (32, 32), 0, 0, (32, 32)), False, "v"), undecodable, (32, 32)))
+    cache = LatentCache(tmp_path, "v" * 64)
+    # rank 1 runs first; rank 0 checks the cache later and already sees rank 1's files
+    r1 = precompute_latents(items, vae, cache, batch_size=4, num_processes=2, process_index=1)
+    r0 = precompute_latents(items, vae, cache, batch_size=4, num_processes=2, process_index=0)
+    assert r0["computed"] + r1["computed"] == 12 and r0["computed"] > 0 and r1["computed"] > 0
+    assert len(r0["failed"]) + len(r1["failed"]) == 1  # the undecodable item is reported, not fatal
+    assert all(cache.has(it.key) for it in items[:12]) and not cache.has(items[12].key)
+    again = precompute_latents(items, vae, cache, batch_size=4)
+    assert again["computed"] == 0 and again["cached"] == 12 and len(again["failed"]) == 1
+
+
+def test_damage_the_scan_cannot_see_drops_the_image(data_dir, vae):
+    # corrupt compressed data inside IDAT: the header and the IEND tail are intact, so only a decode fails
+    path = data_dir / "data" / "2_star" / "b.png"
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"IDAT") + 20
+    for k in range(start, start + 200):
+        raw[k] ^= 0x55
+    path.write_bytes(bytes(raw))
+    data = build_train_data(_recipe(data_dir), vae=vae)
+    assert data.stats["latent_cache"] == {"total": 3, "cached": 0, "computed": 2, "failed": 1}
+    assert data.stats["skipped"] == 1 and data.stats["num_train_files"] == 2
+    assert data.stats["skipped_files"] == {"b.png": "could not be decoded while caching latents"}
+    assert [Path(s.record.path).name for s in data.dataset.samples] == ["a.png", "c.png"]
+    assert len(data.dataset) == 4 and len(data.bucket_ids) == 4

@@ -46,3 +46,15 @@ def test_buckets_user_errors(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["buckets", str(_dataset(tmp_path)), "--resolution", "2048"]) == 2
     assert "must lie between" in capsys.readouterr().err
+
+
+def test_cache_command_fills_then_reuses(tmp_path, capsys):
+    args = ["cache", "tiny-smoke", f"cache.dir={tmp_path / 'cache'}", "train.mixed_precision=\"no\""]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "20 train + 0 reg + 0 validation images, 3 buckets, 0 skipped" in out
+    assert "latents: 20 computed, 0 already cached, 0 failed" in out
+    assert main(args) == 0
+    assert "latents: 0 computed, 20 already cached, 0 failed" in capsys.readouterr().out
+    assert main(["cache", "tiny-smoke", "cache.latents=false"]) == 0
+    assert "nothing to cache" in capsys.readouterr().out

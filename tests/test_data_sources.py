@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lora_kit.config.schema import DatasetConfig
-from lora_kit.data.sources import detect_kind, scan_dataset, tail_looks_complete
+from lora_kit.data.sources import detect_kind, header_size, scan_dataset, tail_looks_complete
 from lora_kit.errors import UserError
 
 
@@ -108,6 +108,7 @@ def bad_and_odd(tmp_path) -> Path:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.new("RGB", (40, 20), (10, 200, 10)).save(root / "rotated.jpg", exif=exif.tobytes())
+    Image.new("RGB", (40, 20), (10, 200, 10)).save(root / "rotated.png", exif=exif.tobytes())
     jpg = _img(root / "cut.jpg", (64, 64), (50, 60, 70), quality=90).read_bytes()
     (root / "cut.jpg").write_bytes(jpg[: len(jpg) - 40])  # truncated JPEG (no EOI marker)
     trailing = _img(root / "trailing.jpg", (16, 16)).read_bytes()
@@ -119,11 +120,12 @@ def test_bad_images_skipped_with_one_warning_each(bad_and_odd, caplog):
     with caplog.at_level(logging.WARNING, logger="lora_kit.data.images"):
         scan = scan_dataset(DatasetConfig(path=str(bad_and_odd)))
     names = {Path(r.path).name: r for r in scan.records}
-    assert sorted(names) == ["cmyk.jpg", "good.png", "rgba.png", "rotated.jpg", "sixteen.png", "trailing.jpg"]
+    assert sorted(names) == ["cmyk.jpg", "good.png", "rgba.png", "rotated.jpg", "rotated.png", "sixteen.png", "trailing.jpg"]
     assert sorted(Path(p).name for p in scan.skipped.skipped) == ["cut.jpg", "empty.png", "text.png", "truncated.png"]
     warned = [r.getMessage() for r in caplog.records if "skipping unreadable image" in r.getMessage()]
     assert len(warned) == 4
     assert names["rotated.jpg"].size == (20, 40)  # EXIF orientation applied to the header size
+    assert names["rotated.png"].size == (20, 40) and names["rotated.png"].load().size == (20, 40)
 
     rot = names["rotated.jpg"].load()
     assert rot.size == (20, 40) and rot.mode == "RGB"
@@ -143,6 +145,12 @@ def test_no_usable_image_is_an_error(tmp_path):
         scan_dataset(DatasetConfig(path=str(tmp_path)))
     with pytest.raises(UserError, match="not a folder"):
         scan_dataset(DatasetConfig(path=str(tmp_path / "missing")))
+
+
+def test_header_size_reads_no_pixels(bad_and_odd):
+    # half of a PNG still has its header: a size read that decoded the pixels would raise here
+    assert header_size(bad_and_odd / "truncated.png") == (64, 64)
+    assert header_size(bad_and_odd / "rotated.png") == (20, 40)
 
 
 def test_tail_check_markers():

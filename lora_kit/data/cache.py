@@ -20,6 +20,7 @@ on purpose: fp16 and fp32 latents differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -137,8 +138,13 @@ class LatentCache:
 
     def __init__(self, directory: str | os.PathLike, vae_id: str):
         self.vae_id = vae_id
-        self.root = Path(directory) / "latents" / vae_id[:16]
-        self.hasher = ContentHasher(Path(directory) / "content-hashes.json")
+        self.directory = Path(directory)
+        self.root = self.directory / "latents" / vae_id[:16]
+
+    @functools.cached_property
+    def hasher(self) -> ContentHasher:
+        # lazy: DataLoader workers only read entries and need not parse the (large) hash index
+        return ContentHasher(self.directory / "content-hashes.json")
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -196,14 +202,17 @@ def precompute_latents(
     dtype: torch.dtype = torch.float32,
     num_processes: int = 1,
     process_index: int = 0,
-) -> dict[str, int]:
+) -> dict:
     """Encode every item missing from the cache; `vae` must already sit on `device` in `dtype` (its
-    identity, hence the cache key, includes its dtype). With several processes each encodes every
-    `num_processes`-th missing item; the caller waits for all (accelerate's wait_for_everyone) after."""
+    identity, hence the cache key, includes its dtype). With several processes each encodes the missing
+    items it owns (by key); the caller waits for all (accelerate's wait_for_everyone) after.
+    Returns {"total", "cached", "computed", "failed": [keys whose image could not be decoded]}."""
     missing = [it for it in items if not cache.is_valid(it.key)]
     seen: set[str] = set()
     missing = [it for it in missing if not (it.key in seen or seen.add(it.key))]
-    mine = missing[process_index::num_processes]
+    # Each key has one owner process, chosen from the key itself, not from its position in `missing`:
+    # processes that check the cache at slightly different times still split the work without a gap.
+    mine = [it for it in missing if int(it.key[:8], 16) % num_processes == process_index]
     groups: dict[tuple, list[LatentItem]] = {}
     for it in mine:
         groups.setdefault(it.group, []).append(it)

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from lora_kit.config.schema import Recipe
 from lora_kit.data.buckets import Placement, apply_placement, assign, bucket_histogram, buckets_for, crop_offsets, mean_aspect_error
+from lora_kit.data.cache import LatentCache, LatentItem, latent_key, module_identity, precompute_latents, sample_latents, scale_latents
 from lora_kit.data.captions import CaptionTransform, base_caption, caption_rng
 from lora_kit.data.sources import ImageRecord, ScanResult, folder_summary, scan_dataset
 from lora_kit.data.tags import tag_frequency
@@ -98,8 +99,6 @@ class LoraDataset(Dataset):
 
     @functools.cached_property
     def _cache(self):
-        from lora_kit.data.cache import LatentCache
-
         return LatentCache(self.latent_dir, self.vae_id)
 
     def bucket_of(self, index: int) -> tuple[int, int]:
@@ -130,8 +129,6 @@ class LoraDataset(Dataset):
         return out
 
     def _latents(self, sample: Sample, flip: bool, index: int) -> torch.Tensor:
-        from lora_kit.data.cache import sample_latents, scale_latents
-
         key = sample.latent_keys[1] if flip else sample.latent_keys[0]
         tensors = self._cache.load(key)
         gen = torch.Generator().manual_seed(_torch_seed(self.seed, self.epoch, index))
@@ -205,7 +202,6 @@ def _bucket_info(samples: list[Sample]) -> dict:
 
 
 def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_index, barrier) -> tuple[str, str, dict]:
-    from lora_kit.data.cache import LatentCache, LatentItem, latent_key, module_identity, precompute_latents
     from lora_kit.paths import cache_dir
 
     directory = recipe.cache.dir or str(cache_dir() / "cache")
@@ -224,6 +220,9 @@ def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_
     result = precompute_latents(items, vae, cache, 8, device, dtype, num_processes, process_index)
     if barrier is not None:
         barrier()
+    # After the barrier every process sees the same files: an entry still missing failed to decode on
+    # whichever process owned it, and every process drops that image alike.
+    result["failed"] = [it.key for it in items if not cache.has(it.key)]
     return directory, vae_id, result
 
 
@@ -247,18 +246,18 @@ def build_train_data(
     reg_records = reg_scan.records if reg_scan else []
     records = train_records + reg_records
     samples = [Sample(r, p) for r, p in zip(records, place(records, recipe))]
-    val_cfg_recipe = _without_random_crop(recipe)
-    val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, val_cfg_recipe))]
+    val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, _without_random_crop(recipe)))]
 
-    latent_dir, vae_id, scaling, cache_result = None, "", None, None
+    latent_dir, vae_id, scaling, cache_result, dropped = None, "", None, None, []
     if cache and recipe.cache.latents and vae is not None:
         latent_dir, vae_id, cache_result = _attach_latents(
             samples + val_samples, recipe, vae, device, dtype, num_processes, process_index, barrier
         )
-        failed, before = set(cache_result.pop("failed")), len(samples) + len(val_samples)
+        failed = set(cache_result.pop("failed"))
+        dropped = [s.record for s in samples + val_samples if failed & set(s.latent_keys)]
         samples = [s for s in samples if not failed & set(s.latent_keys)]
         val_samples = [s for s in val_samples if not failed & set(s.latent_keys)]
-        cache_result["failed"] = before - len(samples) - len(val_samples)  # images dropped
+        cache_result["failed"] = len(dropped)  # images dropped
         if not samples:
             raise UserError("no image could be decoded for the latent cache")
         scaling = {"scaling_factor": vae.config.scaling_factor, "shift_factor": getattr(vae.config, "shift_factor", None)}
@@ -270,7 +269,7 @@ def build_train_data(
 
     buckets = sorted({s.placement.bucket for s in samples + val_samples})
     bucket_id = {b: i for i, b in enumerate(buckets)}
-    stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, ds_cfg.tag_separator)
+    stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, ds_cfg.tag_separator, dropped)
     return TrainData(
         dataset=dataset,
         bucket_ids=[bucket_id[dataset.bucket_of(i)] for i in range(len(dataset))],
@@ -287,12 +286,13 @@ def _without_random_crop(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, buckets=dataclasses.replace(recipe.buckets, random_crop=False))
 
 
-def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, separator) -> dict:
+def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, separator, dropped) -> dict:
     train = [s for s in samples if not s.record.is_reg]
     reg = [s for s in samples if s.record.is_reg]
     skipped = dict(train_scan.skipped.skipped)
     if reg_scan:
         skipped.update(reg_scan.skipped.skipped)
+    skipped.update({r.name: "could not be decoded while caching latents" for r in dropped})
     scans = [train_scan] + ([reg_scan] if reg_scan else [])
     return {
         # kohya semantics: ss_num_train_images / ss_num_reg_images count repeats
@@ -307,7 +307,7 @@ def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, 
         "bucket_histogram": bucket_histogram(s.placement for s in samples),
         "bucket_info": _bucket_info(samples),
         "mean_aspect_error": mean_aspect_error(s.placement for s in samples),
-        "skipped": len(skipped) + ((cache_result or {}).get("failed") or 0),
+        "skipped": len(skipped),
         "skipped_files": {Path(k).name: v for k, v in skipped.items()},
         "missing_captions": train_scan.missing_captions + (reg_scan.missing_captions if reg_scan else 0),
         "static_captions": transform.is_static,
