@@ -248,6 +248,17 @@ def test_family_detection_from_real_shapes():
     assert formats.read_lora_state_dict(sd, {"ss_base_model_version": "sd_v2_v"}).family == "sd2v"
 
 
+def test_sd2_kohya_conv_projections_become_linear_for_diffusers():
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    sd = {f"{name}.lora_down.weight": torch.randn(4, 320, 1, 1), f"{name}.lora_up.weight": torch.randn(320, 4, 1, 1),
+          f"{name}.alpha": torch.tensor(2.0)}
+    out = formats.to_diffusers_state_dict(formats.read_lora_state_dict(sd, {"ss_base_model_version": "sd_v2"}))
+    assert out["unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"].shape == (4, 320)
+    assert torch.equal(out["unet.down_blocks.0.attentions.0.proj_in.lora_B.weight"], sd[f"{name}.lora_up.weight"][:, :, 0, 0])
+    sd1 = formats.to_diffusers_state_dict(formats.read_lora_state_dict(sd, {"ss_base_model_version": "sd_v1"}))
+    assert sd1["unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"].ndim == 4  # SD1's proj_in is a 1x1 conv
+
+
 # ---------------------------------------------------------------- metadata
 
 def test_kohya_metadata_fields_and_scrubbing():
@@ -346,6 +357,17 @@ def test_malformed_inputs_are_clear_user_errors(tmp_path):
     assert meta == {} and torch.equal(tensors["lora_unet_a_to_q.lora_down.weight"], torch.ones(2, 2))
     with pytest.raises(UserError, match="no such file"):
         io.load_lora_file(tmp_path / "missing.safetensors")
+
+
+def test_header_length_starting_with_pickle_byte_is_still_safetensors(tmp_path):
+    """A header length whose low byte is 0x80 (a pickle's first byte) must not be mistaken for a pickle."""
+    t = {"lora_unet_a_to_q.alpha": torch.tensor(1.0)}
+    for pad in range(300):
+        p = io.save_lora_file(tmp_path / "p.safetensors", t, {"ss_output_name": "x" * pad}, precision=None, overwrite=True)
+        if p.read_bytes()[0] == 0x80:
+            break
+    assert p.read_bytes()[0] == 0x80
+    assert io.load_lora_file(p)[1]["ss_output_name"] == "x" * pad
 
 
 def test_sd15_rank16_attention_lora_size(tmp_path):

@@ -32,7 +32,7 @@ def load_pipe(model_dir):
 
 
 def render(pipe) -> np.ndarray:
-    out = pipe("a red square on a blue background", num_inference_steps=3, height=64, width=64,
+    out = pipe("a red square on a blue background", num_inference_steps=2, height=64, width=64,
                generator=torch.Generator().manual_seed(0), output_type="np")
     return out.images[0]
 
@@ -109,6 +109,7 @@ def kohya_delta(tensors, name):
     return float(tensors[f"{name}.alpha"]) / down.shape[0] * (up @ down)
 
 
+@pytest.mark.filterwarnings("ignore:The following alpha_pattern keys:RuntimeWarning")  # the diffusers bug below
 def test_per_module_alphas(tiny_sd15_dir, tmp_path):
     """alpha_pattern (different alphas per module): diffusers file and merge exact; kohya file exact by the
     A1111/ComfyUI formula. diffusers' own kohya reader (0.42.1) mis-keys per-module alphas of attention
@@ -161,3 +162,26 @@ def test_fp16_files_load_close_to_fp32(tiny_sd15_dir, tmp_path):
     p = load_pipe(tiny_sd15_dir)
     p.load_lora_weights(str(files["kohya"]))
     assert np.abs(render(p) - ref).max() < 2e-2  # fp16 rounding of A and B only
+
+
+def test_dora_diffusers_file_and_merge(tiny_sd15_dir, tmp_path):
+    """DoRA travels in the diffusers file (lora_magnitude_vector + use_dora); no kohya file is written for it."""
+    from peft import LoraConfig
+
+    from lora_kit.adapters.tools.merge import merge_loras
+
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=UNET_TARGETS, init_lora_weights=False, use_dora=True)
+    pipe = load_pipe(tiny_sd15_dir)
+    base = render(pipe)
+    add_random_adapters(pipe, cfg, None)
+    for name, module in pipe.unet.named_modules():  # move the magnitudes off their initial norms
+        if hasattr(module, "lora_magnitude_vector") and "default" in module.lora_magnitude_vector:
+            module.lora_magnitude_vector["default"].weight.data.mul_(1.2)
+    ref = render(pipe)
+    files = export(pipe, [], cfg, None, "sd1", tmp_path)
+    assert set(files) == {"diffusers"} and np.abs(ref - base).max() > 0.05
+    p = load_pipe(tiny_sd15_dir)
+    p.load_lora_weights(str(files["diffusers"]))
+    merged = merge_loras(str(tiny_sd15_dir), [(str(files["diffusers"]), 1.0)], tmp_path / "merged")
+    assert np.abs(render(p) - ref).max() <= TOL
+    assert np.abs(render(load_pipe(merged)) - ref).max() <= TOL

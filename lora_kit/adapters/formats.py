@@ -63,7 +63,10 @@ class ParsedLora:
         return {f"{c}.{m}": p["lora_A"].shape[0] for c, m, p in self.modules()}
 
     def scale(self, key: str) -> float:
-        return self.alphas[key] / self.ranks[key]
+        """alpha / rank of one module ("<component>.<module>")."""
+        comp, mod = key.split(".", 1)
+        sd = self.unet if comp == "unet" else self.text_encoders[COMPONENTS.index(comp) - 1]
+        return self.alphas[key] / sd[f"{mod}.lora_A.weight"].shape[0]
 
     def num_parameters(self) -> int:
         return sum(t.numel() for _, sd in self.components() for t in sd.values())
@@ -102,7 +105,8 @@ def group_modules(sd: dict) -> dict[str, dict]:
 
 def _unknown_message(keys: list[str]) -> str:
     shown = ", ".join(sorted(keys)[:12]) + (f" ... ({len(keys)} in all)" if len(keys) > 12 else "")
-    return f"not a LoRA key lora-kit understands (LoHa/LoKr/LoCon-CP and bias adapters are not supported): {shown}"
+    return (f"not a LoRA key lora-kit understands (LoHa/LoKr/LoCon-CP, kohya DoRA `dora_scale` and bias "
+            f"adapters are not supported): {shown}")
 
 
 def _te_path(path: str) -> str:
@@ -136,12 +140,16 @@ def state_dict_for_model(sd: dict, model) -> dict:
 
 def alphas_from_lora_config(config, component: str, sd: dict) -> dict:
     """Per-module alphas of a peft LoraConfig (alpha_pattern, rank_pattern, rsLoRA) in lora-kit's convention."""
+    if config is None:
+        raise ValueError(f"the peft LoraConfig of {component} is needed to know its alphas")
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     out = {}
     for mod, parts in group_modules(sd).items():
         rank = parts["lora_A"].shape[0]
-        bare = mod.removeprefix("text_model.")
-        alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, bare, cfg.get("lora_alpha", rank)))
+        patterns = cfg.get("alpha_pattern") or {}
+        default = cfg.get("lora_alpha", rank)
+        # Patterns may name text-encoder modules with or without `text_model.` (flattened CLIP).
+        alpha = float(_pattern_value(patterns, mod, _pattern_value(patterns, mod.removeprefix("text_model."), default)))
         if cfg.get("use_rslora"):
             alpha = alpha * math.sqrt(rank)  # peft scales by alpha/sqrt(r); kohya by alpha/r
         out[f"{component}.{mod}"] = alpha
@@ -188,7 +196,8 @@ def from_peft(unet_sd: dict, te_sds: list, alphas, family: str | None, unet_conf
         unet=normalize_peft_sd(unet_sd or {}),
         text_encoders=[normalize_peft_sd(sd, text_encoder=True) for sd in (te_sds or [])],
         family=family,
-        unet_layout=names.layout_from_config(unet_config),
+        # Only SDXL kohya files use Stability block names, so only they need the layout.
+        unet_layout=names.layout_from_config(unet_config) if family == SDXL else None,
     )
     parsed.alphas = _resolve_alphas(parsed, alphas)
     return parsed
@@ -212,8 +221,6 @@ def _sgm_layout(parsed: ParsedLora) -> dict:
 
 def to_kohya_state_dict(parsed: ParsedLora) -> dict:
     """kohya keys: `lora_unet_<path>.lora_down.weight/.lora_up.weight/.alpha`; SDXL U-Net in Stability names."""
-    import torch
-
     if parsed.uses_dora:
         # PEFT normalises DoRA per output row; A1111 normalises kohya `dora_scale` per input column and
         # diffusers drops it, so no kohya file would load at the trained strength. Refuse rather than lie.
@@ -261,7 +268,7 @@ def kohya_to_peft(sd: dict, metadata: dict | None = None, unet_config: dict | No
     if unknown:
         raise UserError(_unknown_message(unknown))
     family = detect_family_from_kohya(groups, metadata)
-    layout = _layout_for_reading(unet_config, metadata, family)
+    layout = _layout_for_reading(unet_config, metadata)
     parsed = ParsedLora(family=family, source_format="kohya", metadata=metadata, unet_layout=layout)
     tes: dict[int, dict] = {}
     for (prefix, raw), parts in groups.items():
@@ -281,7 +288,7 @@ def kohya_to_peft(sd: dict, metadata: dict | None = None, unet_config: dict | No
     return parsed
 
 
-def _layout_for_reading(unet_config, metadata: dict, family) -> dict | None:
+def _layout_for_reading(unet_config, metadata: dict) -> dict | None:
     if unet_config is not None:
         return names.layout_from_config(unet_config)
     if metadata.get("lora_kit.unet_layout"):
@@ -374,6 +381,7 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
         {f"{c}.{m}": p["lora_A"] for c, m, p in parsed.modules()}
     )
     parsed.alphas = _diffusers_alphas(parsed, metadata, alpha_keys)
+    parsed.unet_layout = _layout_for_reading(unet_config, metadata)
     return parsed
 
 
@@ -400,8 +408,12 @@ def to_diffusers_state_dict(parsed: ParsedLora) -> dict:
     """`unet.` / `text_encoder.` / `text_encoder_2.` + peft keys, as diffusers' save_lora_weights writes."""
     out = {}
     for comp, mod, parts in parsed.modules():
-        out[f"{comp}.{mod}.lora_A.weight"] = parts["lora_A"]
-        out[f"{comp}.{mod}.lora_B.weight"] = parts["lora_B"]
+        down, up = parts["lora_A"], parts["lora_B"]
+        if parsed.family in (SD2, SD2V) and mod.endswith(("proj_in", "proj_out")) and down.ndim == 4 and down.shape[2:] == (1, 1):
+            # kohya trains SD2 on a U-Net with 1x1-conv projections; diffusers' SD2 U-Net has Linear ones.
+            down, up = down.flatten(1), up.flatten(1)
+        out[f"{comp}.{mod}.lora_A.weight"] = down
+        out[f"{comp}.{mod}.lora_B.weight"] = up
         if "magnitude" in parts:
             out[f"{comp}.{mod}.lora_magnitude_vector"] = parts["magnitude"]
     return out

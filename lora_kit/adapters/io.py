@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from lora_kit.errors import UserError
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _ZIP_MAGIC = b"PK\x03\x04"
+logger = logging.getLogger(__name__)
 
 
 def _dtype(precision: str | None):
@@ -88,16 +90,15 @@ def _sniff(path: Path) -> str:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
-        return "pickle"
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    # safetensors first: its 8-byte header length may well start with byte 0x80, like a pickle.
+    if head[8:9] == b"{" and 1 < n <= 100_000_000:
+        return "safetensors" if 8 + n <= size else "truncated (the header runs past the end of the file)"
+    if head.startswith(_ZIP_MAGIC) or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "pickle"  # torch.save: a zip archive (torch >= 1.6) or a bare pickle (protocol 2-5)
     if size < 10:
         return "the file is empty or truncated"
-    n = int.from_bytes(head[:8], "little")
-    if head[8:9] != b"{" or n <= 1 or n > 100_000_000:
-        return "not a safetensors file"
-    if 8 + n > size:
-        return "truncated (the header runs past the end of the file)"
-    return "safetensors"
+    return "not a safetensors file"
 
 
 def load_lora_file(path, allow_pickle: bool = False) -> tuple[dict, dict]:
@@ -147,8 +148,10 @@ def read_lora_file(path, allow_pickle: bool = False, unet_config: dict | None = 
 
 
 def _summary_rank_alpha(parsed: formats.ParsedLora) -> tuple[str, str]:
-    ranks = set(parsed.ranks.values())
-    alphas = set(parsed.alphas.values())
+    """kohya's ss_network_dim / ss_network_alpha: the U-Net's (all modules' without U-Net), else "Dynamic"."""
+    keys = [k for k in parsed.ranks if k.startswith("unet.")] or list(parsed.ranks)
+    ranks = {parsed.ranks[k] for k in keys}
+    alphas = {parsed.alphas[k] for k in keys}
     rank = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"  # kohya's word for per-module ranks
     alpha = str(float(alphas.pop())) if len(alphas) == 1 else "Dynamic"
     return rank, alpha
@@ -157,13 +160,16 @@ def _summary_rank_alpha(parsed: formats.ParsedLora) -> tuple[str, str]:
 def kohya_file_metadata(parsed: formats.ParsedLora, metadata: dict | None = None) -> dict:
     """`metadata` plus kohya's minimum keys (kept when given) and the U-Net layout of a non-standard SDXL."""
     rank, alpha = _summary_rank_alpha(parsed)
-    out = {**md.minimum_kohya_metadata(parsed.family, rank, alpha), **(metadata or {})}
-    out["ss_network_dim"], out["ss_network_alpha"] = rank, alpha
-    if parsed.family == formats.SDXL and parsed.unet_layout and parsed.unet_layout != names.SDXL_UNET_LAYOUT:
-        # Lets lora-kit read Stability block names of a smaller U-Net back without the base model.
-        out["lora_kit.unet_layout"] = json.dumps(parsed.unet_layout, sort_keys=True)
+    out = {**md.minimum_kohya_metadata(parsed.family, rank, alpha), **(metadata or {}), **_layout_metadata(parsed)}
     out.pop("lora_adapter_metadata", None)
     return {k: str(v) for k, v in out.items()}
+
+
+def _layout_metadata(parsed: formats.ParsedLora) -> dict:
+    if parsed.family == formats.SDXL and parsed.unet_layout and parsed.unet_layout != names.SDXL_UNET_LAYOUT:
+        # Lets lora-kit map Stability block names of a smaller U-Net without being given the base model.
+        return {"lora_kit.unet_layout": json.dumps(parsed.unet_layout, sort_keys=True)}
+    return {}
 
 
 def write_kohya_lora(path, parsed: formats.ParsedLora, metadata: dict | None = None, precision: str | None = "fp16",
@@ -192,6 +198,7 @@ def write_diffusers_lora(out, parsed: formats.ParsedLora, precision: str | None 
     for comp, cfg in formats.diffusers_lora_configs(parsed).items():
         packed.update(_pack_dict_with_prefix(cfg, comp))
     meta = {k: v for k, v in (metadata or {}).items() if k != LORA_ADAPTER_METADATA_KEY}
+    meta.update(_layout_metadata(parsed))
     # Same header as diffusers' write_lora_layers: {"format": "pt", "lora_adapter_metadata": json}.
     meta.update({"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)})
     if parsed.family:
@@ -216,9 +223,14 @@ def write_adapter_files(out_dir, name: str, unet_sd: dict, te_sds: list, info: d
     parsed = formats.from_peft(unet_sd, te_sds, alphas, family, unet_model_config)
     meta = md.build_kohya_metadata(info)
     out_dir = Path(out_dir)
-    kohya = write_kohya_lora(out_dir / f"{name}.safetensors", parsed, meta, precision, overwrite=overwrite)
-    diff = write_diffusers_lora(out_dir / diffusers_name, parsed, precision, _diffusers_side_metadata(meta), overwrite=overwrite)
-    return {"kohya": kohya, "diffusers": diff}
+    files = {}
+    if parsed.uses_dora:
+        # No kohya file loads a peft DoRA exactly (see formats.to_kohya_state_dict): diffusers file only.
+        logger.warning("DoRA adapter: writing only the diffusers file (kohya files cannot carry peft DoRA exactly)")
+    else:
+        files["kohya"] = write_kohya_lora(out_dir / f"{name}.safetensors", parsed, meta, precision, overwrite=overwrite)
+    files["diffusers"] = write_diffusers_lora(out_dir / diffusers_name, parsed, precision, _diffusers_side_metadata(meta), overwrite=overwrite)
+    return files
 
 
 def _diffusers_side_metadata(meta: dict) -> dict:

@@ -149,7 +149,7 @@ def _rename(path: str, table, src: int, inner: dict) -> str | None:
         prefix = pair[src]
         if path == prefix or path.startswith(prefix + "."):
             rest = path[len(prefix) + 1 :]
-            if rest and (".resnets." in pair[0] or pair[0].startswith("mid_block.resnets")):
+            if rest and ".resnets." in pair[0]:  # resnet layers are the only ones renamed inside a block
                 for a, b in inner.items():
                     if rest == a or rest.startswith(a + "."):
                         rest = b + rest[len(a) :]

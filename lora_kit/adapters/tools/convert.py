@@ -57,12 +57,11 @@ def convert_file(src, to: str, out, *, precision: str | None = None, family: str
     parsed = io.read_lora_file(src, allow_pickle=allow_pickle, unet_config=unet_config)
     if family:
         parsed.family = family
-    if unet_config is not None:
+    if unet_config is not None and parsed.family == "sdxl":
         parsed.unet_layout = names.layout_from_config(unet_config)
     meta = {k: v for k, v in parsed.metadata.items() if not k.startswith("sshs_") and k != "format"}
     if to == "kohya":
         return io.write_kohya_lora(out, parsed, meta, precision, overwrite=overwrite)
-    meta.pop("lora_kit.unet_layout", None)  # diffusers names do not depend on the layout
     return io.write_diffusers_lora(out, parsed, precision, meta, overwrite=overwrite)
 
 
