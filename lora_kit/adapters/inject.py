@@ -80,9 +80,13 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype) -> I
     unet.add_adapter(ucfg, adapter_name=ADAPTER_NAME)
     tcfg = None
     if net.train_text_encoder:
+        from peft import inject_adapter_in_model
+
         tcfg = text_encoder_lora_config(net)
         for te in text_encoders:
-            te.add_adapter(tcfg, adapter_name=ADAPTER_NAME)
+            # transformers 5.24's `add_adapter` demands peft >= 0.22 (unreleased); peft's own injection
+            # creates the same layers and state-dict keys.
+            inject_adapter_in_model(tcfg, te, adapter_name=ADAPTER_NAME)
     trained = [unet] + (list(text_encoders) if net.train_text_encoder else [])
     # fp16/bf16 adapter weights lose small updates; the diffusers scripts upcast them the same way.
     cast_training_params(trained, dtype=torch.float32)

@@ -20,6 +20,14 @@ from lora_kit.train.step import StepContext, forward_loss
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _cpu_only_multiprocess() -> bool:
+    """`accelerate launch --multi_gpu` on a box without GPUs: accelerate only sets up gloo DDP when told
+    cpu=True; otherwise every process silently trains alone as rank 0 of 1."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 class LoraTrainer:
     def __init__(self, recipe: Recipe, resume: str | None = None, stop_after: int = 0):
         self.recipe = recipe
@@ -30,6 +38,7 @@ class LoraTrainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.started_at = time.time()
+        self.seen_indices: list[int] = []  # dataset indices this process trained on (this invocation)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -38,6 +47,7 @@ class LoraTrainer:
 
         r = self.recipe
         self.accelerator = acc = Accelerator(
+            cpu=_cpu_only_multiprocess(),
             mixed_precision=r.train.mixed_precision,
             gradient_accumulation_steps=r.train.gradient_accumulation_steps,
             log_with="tensorboard" if r.log.tensorboard else None,
@@ -99,6 +109,11 @@ class LoraTrainer:
             from diffusers.models.attention_processor import AttnProcessor2_0
 
             self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled_dot_product_attention
+        # Seed right here: adapter init must not depend on what ran before (e.g. a builtin model being
+        # materialised on the main process only, which draws from the global RNG).
+        from accelerate.utils import set_seed
+
+        set_seed(r.seed)
         self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype)
         self.unet.to(self.accelerator.device)
         for te in self.text_encoders:
@@ -180,7 +195,9 @@ class LoraTrainer:
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                meter.add(loss.detach(), info["batch_size"] * acc.num_processes)
+                # The logged loss is the mean over processes, not rank 0's share of the batch.
+                meter.add(acc.reduce(loss.detach(), reduction="mean"), info["batch_size"] * acc.num_processes)
+                self.seen_indices.extend(int(i) for i in batch["index"])
                 if not acc.sync_gradients:
                     continue
                 self.global_step += 1
@@ -249,4 +266,12 @@ class LoraTrainer:
         return files
 
     def cleanup(self) -> None:
+        import json
+        import os
+
+        # Debug aid (and the multi-process test): which samples each rank trained on.
+        dump = os.environ.get("LORA_KIT_DUMP_INDICES")
+        if dump:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            (Path(dump) / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(self.seen_indices))
         self.accelerator.end_training()
