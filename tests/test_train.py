@@ -131,3 +131,29 @@ def test_overfit_four_images_with_fixed_noise(tmp_path):
     t.cleanup()
     assert losses[-1] < 0.6 * losses[0], (losses[0], losses[-1])
     assert losses[-1] < min(losses[:10])
+
+
+def test_validation_loss_is_fixed_and_does_not_change_training(tmp_path):
+    args = ["train.max_steps=4", "dataset.validation_split=0.2"]
+    plain = run_training(tmp_path / "plain", args)
+    val = run_training(tmp_path / "val", args + ["validation.every_n_steps=2", "validation.timesteps=[200, 600]"])
+    a = load_file(str(tmp_path / "plain" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "val" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # validating does not disturb training
+    assert val.data.stats.raw["num_validation_images"] == 4  # 20 images x 0.2
+    first = val.last_val_loss
+    assert first > 0
+    # Same adapter, same fixed noise and timesteps: the validation loss is reproducible.
+    assert val.validate() == pytest.approx(first, rel=1e-6)
+
+
+def test_text_encoder_lora_trains_and_exports(tmp_path):
+    t = run_training(tmp_path, ["network.train_text_encoder=true", "network.text_encoder_rank=2", "network.text_encoder_alpha=1",
+                                "optimizer.text_encoder_lr=1e-3", "train.max_steps=2"])
+    assert len(t.optimizer.param_groups) == 2 and t.data.text_cached is False
+    kohya = load_file(str(tmp_path / "tiny-smoke.safetensors"))
+    te_keys = [k for k in kohya if k.startswith("lora_te_")]
+    assert te_keys and all(float(kohya[k]) == 1.0 for k in te_keys if k.endswith(".alpha"))
+    assert {kohya[k].shape[0] for k in te_keys if k.endswith("lora_down.weight")} == {2}
+    ups = [kohya[k] for k in te_keys if k.endswith("lora_up.weight")]
+    assert any(float(u.abs().max()) > 0 for u in ups)  # the text encoder adapter moved from its zero init

@@ -53,6 +53,7 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[sample] controlnet", "control_image needs a controlnet (folder or hub id)")
     if len(r.optimizer.betas) != 2:
         _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")
+    check_validation(r)
 
 
 def check_paths(r: Recipe) -> None:
@@ -69,3 +70,10 @@ def check_paths(r: Recipe) -> None:
     m = r.model.pretrained
     if not is_builtin(m) and (m.startswith((".", "/", "~")) or m.endswith(".safetensors")) and not Path(m).expanduser().exists():
         _fail(r, "[model] pretrained", f"{m} does not exist (a diffusers folder, a .safetensors file, a Hub id or builtin:NAME)")
+
+
+def check_validation(r: Recipe) -> None:
+    if r.validation.every_n_steps and r.dataset.validation_split <= 0:
+        _fail(r, "[validation] every_n_steps", "needs held-out images: set [dataset] validation_split (e.g. 0.1)")
+    if any(not 0 <= t < 1000 for t in r.validation.timesteps) or not r.validation.timesteps:
+        _fail(r, "[validation] timesteps", "expected a non-empty list of integers in [0, 1000)")
