@@ -18,7 +18,7 @@ RECIPES = sorted(recipes_dir().glob("*.toml"))
 
 def test_recipes_are_shipped():
     names = {p.stem for p in RECIPES}
-    assert {"tiny-smoke", "sd15-style", "sd15-subject"} <= names
+    assert {"tiny-smoke", "sd15-style", "sd15-subject", "sdxl-style", "sdxl-subject", "sd21-v-style"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
