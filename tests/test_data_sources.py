@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from lora_kit.config.schema import DatasetConfig
-from lora_kit.data.sources import detect_kind, header_size, scan_dataset, tail_looks_complete
+from lora_kit.data.images import image_size as header_size
+from lora_kit.data.sources import detect_kind, scan_dataset, tail_looks_complete
 from lora_kit.errors import UserError
 
 

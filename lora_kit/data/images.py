@@ -43,17 +43,28 @@ class SkipCounter:
         return len(self.skipped)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) as displayed, from the header only (no pixel decode), EXIF rotation applied."""
-    with Image.open(path) as im:
+def image_size(src) -> tuple[int, int]:
+    """(width, height) as displayed, from the header only (no pixel decode), EXIF rotation applied.
+
+    `src` is a path or a binary file object. Pillow's PNG `getexif()` decodes the whole image when no
+    EXIF block was seen before the pixel data (42 ms for a 2000x2000 PNG instead of 0.03 ms), so a PNG's
+    orientation comes only from an eXIf chunk *before* the image data (where Pillow and cameras write
+    it); other formats parse EXIF while opening, so `getexif()` costs nothing for them.
+    """
+    with Image.open(src) as im:
         w, h = im.size
         try:
-            orientation = im.getexif().get(0x0112, 1)
+            if im.format == "PNG":
+                exif = Image.Exif()
+                raw = im.info.get("exif")
+                if raw:
+                    exif.load(raw)
+            else:
+                exif = im.getexif()
+            orientation = exif.get(0x0112, 1)
         except Exception:  # a broken EXIF block must not hide a readable image
             orientation = 1
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        return h, w
-    return w, h
+    return (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
