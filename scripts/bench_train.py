@@ -1,0 +1,193 @@
+"""Training throughput and peak memory: lora-kit's trainer vs a bare reference loop.
+
+The reference is the per-step work of diffusers' examples/text_to_image/train_text_to_image_lora.py:
+VAE encode + text encode + U-Net forward/backward + 8-bit AdamW step, no caching, same model, same LoRA
+(rank/targets), same batch and resolution. lora-kit runs its real `LoraTrainer` (latent and text caches on).
+Each side runs in its own subprocess so peak memory is its own. Prints a markdown table and the ratio.
+
+  python scripts/bench_train.py                          # tiny model, CPU
+  python scripts/bench_train.py --sd15 --resolution 512  # random-init SD1.5-sized model (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def sd15_sized_folder(out: Path) -> Path:
+    """A random-init pipeline with SD1.5's architecture (U-Net 860M, VAE 8x, CLIP ViT-L text encoder)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from lora_kit.models.tokenizer import write_clip_tokenizer
+
+    if (out / "model_index.json").exists():
+        return out
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                      max_position_embeddings=77, vocab_size=49408, projection_dim=768))
+    tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out / "_tok"))
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+    StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(out)
+    return out
+
+
+def peak_mb(device) -> float:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference(model: str, res: int, batch: int, steps: int, warmup: int) -> dict:
+    """diffusers' train_text_to_image_lora.py step, stripped of its argparse and logging."""
+    import bitsandbytes as bnb
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from lora_kit.models.loading import resolve_model
+
+    path = resolve_model(model)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").to(dev, dtype)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae").to(dev, dtype)
+    te = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").to(dev, dtype)
+    tok = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    sched = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    cast_training_params(unet, dtype=torch.float32)
+    if dev.type == "cuda":
+        unet.enable_gradient_checkpointing()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = bnb.optim.AdamW8bit(params, lr=1e-4)
+    pixels = torch.randn(batch, 3, res, res, device=dev, dtype=dtype).clamp(-1, 1)
+    ids = tok(["a red circle on a white background"] * batch, padding="max_length", max_length=tok.model_max_length,
+              truncation=True, return_tensors="pt").input_ids.to(dev)
+    t0 = None
+    for step in range(warmup + steps):
+        if step == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        ts = torch.randint(0, 1000, (batch,), device=dev).long()
+        noisy = sched.add_noise(latents, noise, ts)
+        enc = te(ids, return_dict=False)[0]
+        with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
+            pred = unet(noisy, ts, enc, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": steps * batch / dt, "peak_mb": peak_mb(dev), "device": str(dev)}
+
+
+def lora_kit_run(model: str, res: int, batch: int, steps: int, warmup: int, out: str) -> dict:
+    import torch
+
+    from lora_kit.config.load import load_recipe
+    from lora_kit.train.recipe import LoraTrainer
+
+    gpu = torch.cuda.is_available()
+    r = load_recipe("tiny-smoke", [
+        f'model.pretrained="{model}"', f'output_dir="{out}"', f"buckets.resolution={res}", f"buckets.bucket_reso_steps={max(8, res // 8)}",
+        f"buckets.min_bucket_reso={res // 2}", f"buckets.max_bucket_reso={res * 2}", f"train.batch_size={batch}",
+        f"train.max_steps={warmup + steps}", "network.rank=16", "network.alpha=16", "save.every_n_steps=0",
+        "log.tensorboard=false", "dataset.caption_dropout=0.0", f'train.mixed_precision="{"bf16" if gpu else "no"}"',
+        f"train.gradient_checkpointing={'true' if gpu else 'false'}",
+    ])
+    t = LoraTrainer(r)
+    t.setup()
+    from lora_kit.train.step import forward_loss
+
+    acc = t.accelerator
+    t0, done = None, 0
+    for batch_ in t.data.batches(0):
+        if done == warmup:
+            if gpu:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with acc.accumulate(t.unet):
+            loss, _ = forward_loss(t.ctx, batch_, done)
+            acc.backward(loss)
+            acc.clip_grad_norm_(t._trained_params(), 1.0)
+            t.optimizer.step()
+            t.optimizer.zero_grad()
+        done += 1
+        if done == warmup + steps:
+            break
+    if gpu:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": steps * batch / dt, "peak_mb": peak_mb(acc.device), "device": str(acc.device)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="builtin:tiny-sd15")
+    ap.add_argument("--sd15", action="store_true", help="random-init SD1.5-sized model (written to a temp folder)")
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--_side", choices=["reference", "lora-kit"], help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a._side:
+        fn = reference if a._side == "reference" else lambda *x: lora_kit_run(*x, out=a._out)
+        print("RESULT " + json.dumps(fn(a.model, a.resolution, a.batch, a.steps, a.warmup)))
+        return
+    model = a.model
+    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    if a.sd15:
+        model = str(sd15_sized_folder(Path(tmp) / "sd15-random"))
+    results = {}
+    for side in ("reference", "lora-kit"):
+        cmd = [sys.executable, __file__, "--_side", side, "--_out", str(Path(tmp) / "run"), "--model", model,
+               "--resolution", str(a.resolution), "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        line = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+        if res.returncode or not line:
+            sys.exit(f"{side} failed:\n{res.stderr[-3000:]}")
+        results[side] = json.loads(line[0][7:])
+    ref, ours = results["reference"], results["lora-kit"]
+    name = "random-init SD1.5-sized" if a.sd15 else model
+    print(f"\n{name}, {a.resolution} px, batch {a.batch}, {a.steps} timed steps on {ours['device']}\n")
+    print("| loop | images/s | peak memory (MiB) |\n|---|---|---|")
+    print(f"| reference (diffusers train_text_to_image_lora step) | {ref['images_per_s']:.1f} | {ref['peak_mb']:.0f} |")
+    print(f"| lora-kit LoraTrainer (latent + text cache) | {ours['images_per_s']:.1f} | {ours['peak_mb']:.0f} |")
+    print(f"| ratio lora-kit / reference | {ours['images_per_s'] / ref['images_per_s']:.2f}x | {ours['peak_mb'] / ref['peak_mb']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
