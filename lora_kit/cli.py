@@ -45,8 +45,22 @@ def _version() -> str:
     return f"lora-kit {__version__}"
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notices, optional-backend probes) drowns the one-screen summary and
+    the progress bars; users can turn it back on with DIFFUSERS_VERBOSITY / TRANSFORMERS_VERBOSITY."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     chosen = next((a for a in argv if not a.startswith("-")), None)
     load = chosen if chosen in COMMANDS else None
     parser = build_parser(load)

@@ -19,6 +19,7 @@ from lora_kit.models.presets import SD1, SD2, SD2V, SDXL, PRESETS, write_preset
 from lora_kit.paths import builtin_name, cache_dir, is_builtin
 
 DEFAULT_MODEL = "builtin:tiny-sd15"
+UNSHIPPED_FALLBACK = {"tiny-world": "tiny-sd15"}
 
 
 @dataclass
@@ -56,6 +57,12 @@ def resolve_model(spec: str) -> str:
         shipped = shipped_model_dir(name)
         if shipped is not None:
             return str(shipped)
+        if name in UNSHIPPED_FALLBACK:
+            import logging
+
+            # An install without the trained tiny world still runs every code path on a random-init twin.
+            logging.getLogger(__name__).warning("%s is not shipped in this install; using the random-init %s", spec, UNSHIPPED_FALLBACK[name])
+            name = UNSHIPPED_FALLBACK[name]
         if name not in PRESETS:
             raise UserError(f"unknown builtin model {spec!r}; expected builtin:<{'|'.join(PRESETS)}>")
         target = cache_dir() / "models" / name

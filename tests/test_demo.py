@@ -1,0 +1,27 @@
+"""`lora-kit demo --quick`: the main job's plumbing end to end, in seconds (the full demo is a script)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "lora_kit", "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "subject"
+    for rel in ("run/demo-star.safetensors", "run/pytorch_lora_weights.safetensors", "grid/grid.png", "grid/grid.json", "grid/grid.html", "scores.json"):
+        assert (out / rel).is_file(), rel
+    scores = json.loads((out / "scores.json").read_text())
+    assert sorted(float(w) for w in scores) == [0.0, 0.5, 1.0]
+    assert all(0.0 <= v["concept"] <= 1.0 for v in scores.values())
+    assert "[4/4] scores" in res.stdout and "everything is under" in res.stdout
+    manifest = json.loads((out / "grid" / "grid.json").read_text())
+    assert len(manifest["cells"]) == 2 * 3 * (2 if (out / "control.png").exists() else 1)  # 2 prompts x 3 weights (x control)
+
+
+def test_demo_refuses_to_overwrite(tmp_path):
+    (tmp_path / "subject").mkdir()
+    res = subprocess.run([sys.executable, "-m", "lora_kit", "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "pass --overwrite" in res.stderr
