@@ -25,6 +25,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_dir(out: str | Path, write: Callable[[Path], None]) -> Path:
+    """Build a folder with `write(tmp_dir)` beside `out`, then rename it into place (replacing `out`).
+
+    A directory rename is atomic, so readers see the old folder or the complete new one, never half."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_pretrained_atomic(obj, out: str | Path) -> Path:
+    """`obj.save_pretrained` (a diffusers pipeline or model) into `out`, atomically."""
+    return atomic_dir(out, lambda tmp: obj.save_pretrained(tmp, safe_serialization=True))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

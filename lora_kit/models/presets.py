@@ -197,19 +197,6 @@ def build_pipeline(name: str, seed: int = 0):
 
 def write_preset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Save a preset as a diffusers folder (atomically: a temp folder renamed into place)."""
-    import os
-    import shutil
-    import tempfile
+    from lora_kit.utils import save_pretrained_atomic
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        build_pipeline(name, seed).save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return save_pretrained_atomic(build_pipeline(name, seed), out_dir)

@@ -13,8 +13,6 @@ repository script (scripts/convert_diffusers_to_original_stable_diffusion.py), n
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -102,17 +100,9 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
 
 
 def _save_pipeline(pipe, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    from lora_kit.utils import save_pretrained_atomic
+
+    return save_pretrained_atomic(pipe, out)
 
 
 def run(args) -> int:
