@@ -157,3 +157,23 @@ def test_text_encoder_lora_trains_and_exports(tmp_path):
     assert {kohya[k].shape[0] for k in te_keys if k.endswith("lora_down.weight")} == {2}
     ups = [kohya[k] for k in te_keys if k.endswith("lora_up.weight")]
     assert any(float(u.abs().max()) > 0 for u in ups)  # the text encoder adapter moved from its zero init
+
+
+def test_sample_grids_during_training_do_not_change_training(tmp_path):
+    args = ["train.max_steps=4", "dataset.caption_dropout=0.2"]
+    plain = run_training(tmp_path / "plain", args)
+    sampled = run_training(tmp_path / "sampled", args + ['sample.prompts=["ohwx star", "a red circle"]', "sample.every_n_steps=2",
+                                                          "sample.steps=2", "sample.weights=[0.0, 1.0]", "log.tensorboard=true"])
+    a = load_file(str(tmp_path / "plain" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "sampled" / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = sorted(p.name for p in (tmp_path / "sampled" / "samples").iterdir())
+    assert steps == ["step-000002", "step-000004"]  # every 2 steps; the final grid is step 4's
+    manifest = json.loads((tmp_path / "sampled" / "samples" / "step-000004" / "grid.json").read_text())
+    assert len(manifest["cells"]) == 2 * 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "sampled" / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert "samples/grid" in events.Tags()["images"]
+    assert plain.global_step == sampled.global_step == 4

@@ -261,7 +261,9 @@ class LoraTrainer:
         """Final adapter files (main process), a final sample grid if prompts are set."""
         self.accelerator.wait_for_everyone()
         files = self.export()
-        if self.recipe.sample.prompts:
+        sample = self.recipe.sample
+        already = sample.every_n_steps and self.global_step % sample.every_n_steps == 0  # rendered by _after_step
+        if sample.prompts and not already:
             self.sample()
         return files
 
