@@ -157,6 +157,8 @@ def build_spec(args) -> GridSpec:
     cols = [parse_axis(t, prompts, seeds) for t in args.x]
     rows = [parse_axis(t, prompts, seeds) for t in args.y]
     placed = {a.kind for a in cols + rows}
+    if not args.prompt and "prompt" not in placed:
+        raise UserError("give at least one --prompt (or a prompt axis, --y 'prompt=a star|a moon')")
     if len(prompts) > 1 and "prompt" not in placed:
         rows.insert(0, Axis("prompt", prompts))
     if len(seeds) > 1 and "seed" not in placed:

@@ -194,11 +194,10 @@ def render_grid(spec: GridSpec, out_dir: str | Path, *, pipeline: LoraPipeline |
 
     manifest = {
         "format": MANIFEST_FORMAT,
-        "model": {"source": portable_path(spec.model, out), "name": pipe.model.name, "family": pipe.family, "hash": pipe.model.hash},
+        "model": {"source": portable_path(pipe.model.source, out), "name": pipe.model.name, "family": pipe.family, "hash": pipe.model.hash},
         "fused": bool(spec.fuse), "batch_size": spec.batch_size, "dtype": str(pipe.pipe.unet.dtype).replace("torch.", ""),
         "clip_model": Path(spec.clip_model).name if spec.clip_model else "",
-        "axes": {k: [{"kind": a.kind, "target": a.target, "values": a.values, "labels": [value_label(a, i) for i in range(len(a.values))]}
-                     for a in axes] for k, axes in (("rows", spec.rows), ("cols", spec.cols))},
+        "axes": {k: [_axis_dict(a, out) for a in axes] for k, axes in (("rows", spec.rows), ("cols", spec.cols))},
         "layout": layout.to_dict(),
         "timing": {"seconds": round(seconds, 3), "images": len(images), "seconds_per_image": round(seconds / max(1, len(images)), 4)},
         "cells": [
@@ -220,6 +219,11 @@ def _labels(cells: list[Cell], which: str) -> list[str]:
     if which == "row":
         return [c.row_label for c in cells if c.col == 0]
     return [c.col_label for c in cells if c.row == 0]
+
+
+def _axis_dict(a: Axis, out: Path) -> dict:
+    values = [portable_path(str(v), out) for v in a.values] if a.kind == "checkpoint" else a.values
+    return {"kind": a.kind, "target": a.target, "values": values, "labels": [value_label(a, i) for i in range(len(a.values))]}
 
 
 def _portable_axes(axes: dict, out: Path) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,17 +91,22 @@ def _adapter_name(alias: str, taken: set) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def _quiet_loaders():
     # transformers 5 logs a "LOAD REPORT" listing every base weight of the text encoder as MISSING when
-    # a LoRA-only state dict is loaded into it; that is expected here and reads like corruption.
+    # a LoRA-only state dict is loaded into it, and diffusers logs "No LoRA keys associated to
+    # CLIPTextModel" for U-Net-only LoRAs: both expected here, and the first reads like corruption.
+    # Real problems (unmatched keys, shape mismatches) raise exceptions, which still propagate.
+    from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
-    level = tlog.get_verbosity()
+    levels = tlog.get_verbosity(), dlog.get_verbosity()
     tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
     try:
         yield
     finally:
-        tlog.set_verbosity(level)
+        tlog.set_verbosity(levels[0])
+        dlog.set_verbosity(levels[1])
 
 
 def _family_of(unet) -> str:
@@ -151,11 +157,12 @@ class LoraPipeline:
     @classmethod
     def from_components(cls, components, family: str | None = None, name: str = "model") -> LoraPipeline:
         """Wrap in-memory modules (a training run): a DiffusionPipeline, a ModelBundle or a dict with
-        unet, vae, scheduler, text_encoders, tokenizers (or the diffusers component names)."""
+        unet, vae, scheduler, text_encoders, tokenizers (or the diffusers component names). `name`: the
+        model spec it came from (e.g. the recipe's model.pretrained), shown as A1111's `Model:`."""
         if hasattr(components, "unet") and hasattr(components, "scheduler") and hasattr(components, "components"):
             pipe = components.__class__.from_pipe(components)  # new pipeline object, same modules
             fam = family or _family_of(pipe.unet)
-            return cls(pipe, ModelInfo(name, name, fam))
+            return cls(pipe, ModelInfo(name, model_display_name(name), fam))
         c = dict(vars(components)) if not isinstance(components, dict) else dict(components)
         if "noise_scheduler" in c:
             c["scheduler"] = c["noise_scheduler"]
@@ -163,7 +170,7 @@ class LoraPipeline:
         toks = c.get("tokenizers") or [c[k] for k in ("tokenizer", "tokenizer_2") if c.get(k) is not None]
         fam = family or _family_of(c["unet"])
         pipe = build_text2img(fam, c["unet"], c["vae"], c["scheduler"], tes, toks)
-        return cls(pipe, ModelInfo(name, name, fam))
+        return cls(pipe, ModelInfo(name, model_display_name(name), fam))
 
     def add_controlnet(self, spec: str, model) -> None:
         self.controlnets[spec] = model
@@ -214,23 +221,28 @@ class LoraPipeline:
 
     def _unfuse(self) -> None:
         if self._fused:
-            self.pipe.unfuse_lora()
+            with warnings.catch_warnings():
+                # peft warns for layers of adapters that were not part of this fuse: expected here.
+                warnings.filterwarnings("ignore", message="Already unmerged")
+                self.pipe.unfuse_lora()
             self._restore_snapshot()
             self._fused = False
 
     def _ensure_loaded(self, loras: list[LoraRef]) -> list[str]:
-        """Load the files `loras` need; drop adapters of files no longer used (diffusers #11816:
-        set_adapters slows down as inactive adapters pile up, e.g. along a checkpoint axis)."""
+        """Load the files `loras` need. When a new file comes in, adapters of files no longer used are
+        dropped (diffusers #11816: set_adapters slows down as inactive adapters pile up, e.g. along a
+        checkpoint axis); a weight-0 cell only disables them."""
         wanted = {lo.path for lo in loras if lo.path}
         stale = [p for p in self._adapters if p not in wanted]
-        if stale:
+        if stale and wanted - set(self._adapters):
             self.pipe.delete_adapters([self._adapters.pop(p) for p in stale])
         for lo in loras:
             if lo.path and lo.path not in self._adapters:
                 if not Path(lo.path).is_file():
                     raise UserError(f"LoRA file {lo.path} does not exist")
                 name = _adapter_name(lo.name, set(self._adapters.values()))
-                with _quiet_transformers():
+                with _quiet_loaders(), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # we stack on purpose
                     self.pipe.load_lora_weights(lo.path, adapter_name=name)
                 self._adapters[lo.path] = name
         return [self._adapters[lo.path] for lo in loras if lo.path]
@@ -286,7 +298,8 @@ class LoraPipeline:
                 kw = {}
                 if controlnet_models:
                     kw["controlnet"] = controlnet_models[0] if len(controlnet_models) == 1 else diffusers.MultiControlNetModel(controlnet_models)
-                v = cls.from_pipe(self.pipe, **kw)
+                with _quiet_loaders():  # from_pipe's dtype notes about modules "kept in float32": none here
+                    v = cls.from_pipe(self.pipe, **kw)
                 v.set_progress_bar_config(disable=True)
                 self._variants[key] = v
         return self._variants[key]
@@ -314,11 +327,16 @@ class LoraPipeline:
             "generator": [torch.Generator("cpu").manual_seed(int(c.seed)) for c in cells],
             "output_type": "pil",
         }
-        if first.clip_skip > 1:
-            kwargs["clip_skip"] = int(first.clip_skip) - 1  # diffusers counts skipped layers; A1111 counts from 1
         if in_memory:
             # An adapter trained in this process: scaled per call (diffusers scale_lora_layers).
             kwargs["cross_attention_kwargs"] = {"scale": float(in_memory[0].weight)}
+        if first.clip_skip > 1 and self.family == SDXL:
+            kwargs["clip_skip"] = int(first.clip_skip) - 1  # diffusers counts skipped layers; A1111 counts from 1
+        elif first.clip_skip > 1:
+            lora_scale = float(in_memory[0].weight) if in_memory else None
+            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = (
+                clip_skip_embeds(self.pipe, p, int(first.clip_skip), lora_scale) for p in (kwargs.pop("prompt"), kwargs.pop("negative_prompt"))
+            )
         self._control_kwargs(kwargs, first, nets, width, height)
         if first.init_image:
             kwargs["image"] = prepare_control_image(first.init_image, width, height)  # load + crop-and-resize
@@ -342,6 +360,31 @@ class LoraPipeline:
         kwargs["controlnet_conditioning_scale"] = [float(c.scale) for c in cell.controls] if multi else float(cell.controls[0].scale)
         kwargs["control_guidance_start"] = [float(c.start) for c in cell.controls] if multi else float(cell.controls[0].start)
         kwargs["control_guidance_end"] = [float(c.end) for c in cell.controls] if multi else float(cell.controls[0].end)
+
+
+def clip_skip_embeds(pipe, prompts: list[str], clip_skip: int, lora_scale: float | None = None):
+    """SD1/SD2 prompt embeddings from CLIP layer -clip_skip (A1111 numbering) + the final layer norm.
+
+    Done here rather than with the pipeline's `clip_skip` for two reasons: diffusers 0.42 reaches the
+    norm as `text_encoder.text_model.final_layer_norm`, which transformers 5 no longer has; and it
+    applies clip skip to the prompt only, while A1111 applies it to the negative prompt as well.
+    """
+    import torch
+    from diffusers.utils import scale_lora_layers, unscale_lora_layers
+
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    mask = ids.attention_mask.to(te.device) if getattr(te.config, "use_attention_mask", False) else None
+    if lora_scale is not None:
+        scale_lora_layers(te, lora_scale)
+    try:
+        with torch.no_grad():
+            out = te(ids.input_ids.to(te.device), attention_mask=mask, output_hidden_states=True)
+            norm = getattr(te, "text_model", te).final_layer_norm
+            return norm(out.hidden_states[-clip_skip])
+    finally:
+        if lora_scale is not None:
+            unscale_lora_layers(te, lora_scale)
 
 
 def build_text2img(family: str, unet, vae, scheduler, text_encoders: list, tokenizers: list):

@@ -82,7 +82,9 @@ def training_grid_spec(sample_cfg, size: tuple[int, int], clip_skip: int = 1, lo
 
 
 def render_training_samples(pipe_or_components, sample_cfg, step: int, out_dir: Path, size: tuple[int, int], family: str | None = None, *, clip_skip: int = 1, model_name: str = "model", lora_name: str = ADAPTER_NAME) -> TrainingSamples:
-    """Render the [sample] grid of `step` into out_dir/step-{step:06d}/; returns (grid.png path, grid image)."""
+    """Render the [sample] grid of `step` into out_dir/step-{step:06d}/; returns (grid.png path, grid image).
+
+    `model_name`: the recipe's model spec (shown as `Model:`); `lora_name`: the alias in `<lora:name:w>`."""
     from accelerate.utils import extract_model_from_parallel
 
     from lora_kit.infer.grid import render_grid
