@@ -58,3 +58,34 @@ def test_detect_family():
     assert detect_family({"cross_attention_dim": 1024}, {"prediction_type": "v_prediction"}) == "sd2v"
     assert detect_family({"cross_attention_dim": 1024}, {"prediction_type": "epsilon"}) == "sd2"
     assert detect_family({"cross_attention_dim": 768}, {"prediction_type": "epsilon"}) == "sd1"
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+def test_training_conditioning_equals_inference_conditioning(clip_skip):
+    """What the U-Net is trained on is what the grid pipeline feeds it (SD1, clip skip 1 and 2)."""
+    from lora_kit.infer.pipeline import clip_skip_embeds
+    from lora_kit.models.presets import build_pipeline
+    from lora_kit.models.text import encode_prompts
+
+    pipe = build_pipeline("tiny-sd15", seed=0)
+    prompts = ["ohwx star, a red star", ""]
+    train = encode_prompts([pipe.text_encoder], [pipe.tokenizer], prompts, sdxl=False, clip_skip=clip_skip)["prompt_embeds"]
+    if clip_skip == 1:
+        infer, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
+    else:
+        infer = clip_skip_embeds(pipe, prompts, clip_skip)
+    torch.testing.assert_close(train, infer)
+    if clip_skip == 2:
+        last = encode_prompts([pipe.text_encoder], [pipe.tokenizer], prompts, sdxl=False, clip_skip=1)["prompt_embeds"]
+        assert not torch.allclose(train, last)
+
+
+def test_sdxl_training_conditioning_equals_pipeline():
+    from lora_kit.models.presets import build_pipeline
+    from lora_kit.models.text import encode_prompts
+
+    pipe = build_pipeline("tiny-sdxl", seed=0)
+    ours = encode_prompts([pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2], ["a red circle"], sdxl=True)
+    embeds, _, pooled, _ = pipe.encode_prompt("a red circle", device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(ours["prompt_embeds"], embeds)
+    torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled)

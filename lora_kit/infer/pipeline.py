@@ -377,11 +377,11 @@ def clip_skip_embeds(pipe, prompts: list[str], clip_skip: int, lora_scale: float
     mask = ids.attention_mask.to(te.device) if getattr(te.config, "use_attention_mask", False) else None
     if lora_scale is not None:
         scale_lora_layers(te, lora_scale)
+    from lora_kit.models.text import sd_prompt_embeds
+
     try:
         with torch.no_grad():
-            out = te(ids.input_ids.to(te.device), attention_mask=mask, output_hidden_states=True)
-            norm = getattr(te, "text_model", te).final_layer_norm
-            return norm(out.hidden_states[-clip_skip])
+            return sd_prompt_embeds(te, ids.input_ids.to(te.device), clip_skip, mask)
     finally:
         if lora_scale is not None:
             unscale_lora_layers(te, lora_scale)

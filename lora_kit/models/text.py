@@ -20,13 +20,17 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def _sd_embeds(text_encoder, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+def sd_prompt_embeds(text_encoder, ids: torch.Tensor, clip_skip: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SD1/SD2 conditioning: CLIP layer -clip_skip (kohya/A1111 numbering) + the final layer norm.
+
+    diffusers applies the final layer norm to a skipped layer's output; so do we. transformers 5 moved
+    `final_layer_norm` from `text_model` onto the CLIPTextModel itself; both layouts are accepted.
+    """
     if clip_skip <= 1:
-        return text_encoder(ids)[0]
-    out = text_encoder(ids, output_hidden_states=True)
-    hidden = out.hidden_states[-clip_skip]
-    # diffusers applies the final layer norm to a skipped layer's output; so do we.
-    return text_encoder.text_model.final_layer_norm(hidden)
+        return text_encoder(ids, attention_mask=attention_mask)[0]
+    out = text_encoder(ids, attention_mask=attention_mask, output_hidden_states=True)
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    return norm(out.hidden_states[-clip_skip])
 
 
 def encode_prompts(text_encoders: list, tokenizers: list, captions: list[str], *, sdxl: bool, clip_skip: int = 1, device=None) -> dict[str, torch.Tensor]:
@@ -34,7 +38,7 @@ def encode_prompts(text_encoders: list, tokenizers: list, captions: list[str], *
     device = device or text_encoders[0].device
     if not sdxl:
         ids = tokenize(tokenizers[0], captions).to(device)
-        return {"prompt_embeds": _sd_embeds(text_encoders[0], ids, clip_skip)}
+        return {"prompt_embeds": sd_prompt_embeds(text_encoders[0], ids, clip_skip)}
     embeds, pooled = [], None
     for tok, te in zip(tokenizers, text_encoders):
         out = te(tokenize(tok, captions).to(device), output_hidden_states=True)
