@@ -89,7 +89,7 @@ def test_resume_is_exact(tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     ja, jb = (json.loads((p / "summary.json").read_text()) for p in (tmp_path / "full", part))
-    assert (ja["steps"], ja["epoch"]) == (jb["steps"], jb["epoch"]) == (6, 0)
+    assert (ja["steps"], ja["epoch"]) == (jb["steps"], jb["epoch"]) == (6, 1)  # 6 steps, inside the first epoch
 
 
 def test_partial_checkpoint_is_ignored(tmp_path):
@@ -177,3 +177,38 @@ def test_sample_grids_during_training_do_not_change_training(tmp_path):
     events.Reload()
     assert "samples/grid" in events.Tags()["images"]
     assert plain.global_step == sampled.global_step == 4
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer.name=lion8bit", "optimizer.lr=1e-4"],
+    ["train.mixed_precision=bf16"],
+    ["train.gradient_checkpointing=true", "train.gradient_accumulation_steps=2", "scheduler.name=cosine", "scheduler.warmup_steps=1"],
+    ["network.target=attn-ff", "network.use_dora=true", "network.init=default"],
+], ids=["lion8bit", "bf16", "checkpointing-accum-cosine", "dora-attn-ff"])
+def test_training_variants_run_and_move_the_adapter(tmp_path, overrides):
+    t = run_training(tmp_path, ["train.max_steps=2", "optimizer.lr=1e-3", *overrides])
+    assert t.global_step == 2
+    diff = load_file(str(tmp_path / "pytorch_lora_weights.safetensors"))
+    ups = [v for k, v in diff.items() if "lora_B" in k or "lora.up" in k]
+    assert ups and any(float(u.float().abs().max()) > 0 for u in ups)  # B left its zero init
+    if "network.use_dora=true" in overrides:
+        assert not (tmp_path / "tiny-smoke.safetensors").exists()  # kohya has no faithful DoRA layout
+        assert any("magnitude" in k or "dora_scale" in k for k in diff)
+    if "network.target=attn-ff" in overrides:
+        assert any(".ff.net.2." in k for k in diff) and any("proj_in" in k for k in diff)
+
+
+def test_captioned_imagefolder_trains(tmp_path):
+    """The captioner's metadata.jsonl output is a dataset the trainer reads."""
+    from lora_kit.captioning import CaptionOptions, caption_dataset, create_captioner
+    from lora_kit.world.shapes import generate
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, (image, _, _) in enumerate(generate(6, seed=3)):
+        image.save(folder / f"img_{i}.png")
+    caption_dataset(folder, create_captioner("template", template="ohwx {stem}"), CaptionOptions(output="jsonl", progress=False))
+    assert (folder / "metadata.jsonl").exists() and not list(folder.glob("*.txt"))
+    t = run_training(tmp_path / "run", [f'dataset.path="{folder}"', "train.max_steps=2"])
+    assert t.data.stats.raw["kind"] == "imagefolder" and t.data.stats.num_train_images == 6
+    assert t.global_step == 2
