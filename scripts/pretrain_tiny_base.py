@@ -1,0 +1,379 @@
+#!/usr/bin/env python
+"""Pretrain the tiny base model of the shapes world: the VAE first, then U-Net + text encoder.
+
+    python scripts/pretrain_tiny_base.py --out lora_kit/world/weights/tiny-world --overwrite \
+        --vae-steps 600 --unet-steps 3000 --unet-minutes 40
+
+Data: `lora_kit.world.shapes.generate(n, seed)`, every canvas size of the world. Batches are grouped by
+canvas size (aspect-ratio buckets, like the trainer's), so the model learns 64x64, 80x48, 48x80, 72x56
+and 56x72 pictures (latents 16x16, 20x12, 12x20, 18x14, 14x18); a batch's bucket is drawn in proportion
+to the bucket's size.
+
+Stage 1, VAE: L1 reconstruction + a small KL term; then `scaling_factor` = 1 / (std of the latents), so
+the U-Net sees unit-variance latents as SD's does. Stage 2: the VAE is frozen, every training picture is
+encoded once (cached latents: the VAE would otherwise cost as much per step as the U-Net), and U-Net and
+text encoder train jointly on SD's epsilon objective with Min-SNR-5 loss weighting, 10% caption dropout
+(the empty prompt, which classifier-free guidance uses as its unconditional branch) and an EMA of the
+weights (the EMA is what is saved).
+
+Reproducible: every random number comes from `--seed` (torch.manual_seed, numpy generators for the world
+data). The learning rate is constant after a warm-up, so a run stopped by `--*-minutes` (a wall-clock
+cap) after k steps equals a run of `--*-steps k`; the step counts are written to pretrain.json. The
+pipeline folder is rewritten every `--save-minutes` (fp16 safetensors), so an interrupted run leaves
+usable weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lora_kit.world import model as world_model  # noqa: E402
+from lora_kit.world.shapes import generate  # noqa: E402
+
+EMPTY_PROMPT = ""  # caption dropout target = the negative prompt of CFG sampling
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def world_buckets(n: int, seed: int) -> dict[tuple[int, int], dict]:
+    """`n` world pictures grouped by canvas size: {(w, h): {"pixels": uint8 (N,3,H,W), "captions", "scenes"}}."""
+    buckets: dict[tuple[int, int], dict] = {}
+    for image, text, scene in tqdm(generate(n, seed), desc="rendering the world", leave=False):
+        b = buckets.setdefault((scene.width, scene.height), {"pixels": [], "captions": [], "scenes": []})
+        b["pixels"].append(np.asarray(image))
+        b["captions"].append(text)
+        b["scenes"].append(scene)
+    for b in buckets.values():
+        b["pixels"] = torch.from_numpy(np.stack(b["pixels"])).permute(0, 3, 1, 2).contiguous()
+    return dict(sorted(buckets.items()))
+
+
+class BucketSampler:
+    """Seeded batches of indices from one bucket at a time, the bucket drawn in proportion to its size."""
+
+    def __init__(self, sizes: dict, batch_size: int, seed: int):
+        self.keys = list(sizes)
+        self.sizes = np.array([sizes[k] for k in self.keys], dtype=np.float64)
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> tuple[tuple[int, int], np.ndarray]:
+        k = int(self.rng.choice(len(self.keys), p=self.sizes / self.sizes.sum()))
+        n = int(self.sizes[k])
+        return self.keys[k], self.rng.choice(n, size=min(self.batch_size, n), replace=False)
+
+
+def to_model_range(pixels_uint8: torch.Tensor) -> torch.Tensor:
+    return pixels_uint8.float() / 127.5 - 1.0
+
+
+def random_crop(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """One seeded size x size window (multiple-of-4 offset) for the whole batch; size 0 keeps x whole.
+
+    The VAE is fully convolutional (plus attention on the latent grid), so it trains on 32 px windows at
+    a quarter of the cost of whole pictures and then runs on every canvas size."""
+    if size <= 0:
+        return x
+    h, w = x.shape[-2:]
+    top, left = (int(rng.integers(0, (d - size) // 4 + 1)) * 4 for d in (h, w))
+    return x[..., top : top + size, left : left + size]
+
+
+# --- saving -------------------------------------------------------------------------------------------
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished temp folder into place; the old folder disappears only once the new one exists."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a model folder follows the umask like any other
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def half_copy(module):
+    return copy.deepcopy(module).to("cpu", torch.float16)
+
+
+def save_pipeline(components: dict, out: Path, info: dict) -> None:
+    """The pipeline folder, weights in fp16 safetensors (loaded back in fp32 they sample the same)."""
+    comps = dict(components)
+    for name in ("vae", "text_encoder", "unet"):
+        comps[name] = half_copy(comps[name])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        world_model.make_pipeline(comps).save_pretrained(tmp, safe_serialization=True)
+        load_text_encoder_as_fp32(tmp / "text_encoder" / "config.json")
+        (tmp / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_text_encoder_as_fp32(config_path: Path) -> None:
+    """Make transformers load the fp16-stored text encoder in fp32.
+
+    transformers 5 loads with dtype="auto", i.e. the dtype in config.json, while diffusers loads its models
+    in fp32 by default: a plain `StableDiffusionPipeline.from_pretrained(folder)` would pair an fp16 text
+    encoder with an fp32 U-Net and fail on CPU. fp16 is only the storage format here (smaller wheel)."""
+    cfg = json.loads(config_path.read_text())
+    cfg["dtype"] = "float32"
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def load_fp32(cls, folder: Path, subfolder: str, device):
+    return cls.from_pretrained(folder, subfolder=subfolder, dtype=torch.float32).to(device)
+
+
+# --- stage 1: VAE -------------------------------------------------------------------------------------
+
+
+def train_vae(args, device) -> tuple:
+    torch.manual_seed(args.seed)
+    vae = world_model.build_vae(args.seed).to(device).train()
+    data = world_buckets(args.vae_images, args.seed)
+    sampler = BucketSampler({k: len(v["captions"]) for k, v in data.items()}, args.vae_batch_size, args.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    start, losses, step = time.time(), [], 0
+    bar = tqdm(total=args.vae_steps, desc="VAE")
+    while step < args.vae_steps and time.time() - start < args.vae_minutes * 60:
+        key, idx = sampler.next()
+        x = random_crop(to_model_range(data[key]["pixels"][idx]), args.vae_crop, sampler.rng).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        loss = rec_loss + args.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        for g in opt.param_groups:  # linear warm-up, then constant (see the module docstring)
+            g["lr"] = args.vae_lr * min(1.0, (step + 1) / 50)
+        opt.step()
+        losses.append(rec_loss.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(rec=f"{np.mean(losses[-50:]):.4f}")
+        if step % 50 == 0:
+            tqdm.write(f"vae step {step} {time.time() - start:.0f}s rec {np.mean(losses[-50:]):.4f}")
+    bar.close()
+    vae.eval()
+    std, mean = latent_stats(vae, data, device)
+    vae.register_to_config(scaling_factor=float(1.0 / std))
+    stats = {"steps": step, "minutes": (time.time() - start) / 60, "final_rec_loss": float(np.mean(losses[-50:])),
+             "latent_std": std, "latent_mean": mean, "scaling_factor": float(1.0 / std)}
+    return vae, stats
+
+
+@torch.no_grad()
+def latent_stats(vae, data: dict, device, n: int = 512) -> tuple[float, float]:
+    """std and mean of (unscaled) latents over up to `n` pictures spread across the buckets."""
+    zs = []
+    for b in data.values():
+        k = max(1, n * len(b["captions"]) // sum(len(v["captions"]) for v in data.values()))
+        zs.append(vae.encode(to_model_range(b["pixels"][:k]).to(device)).latent_dist.sample().flatten())
+    z = torch.cat(zs)
+    return float(z.std()), float(z.mean())
+
+
+# --- stage 2: U-Net + text encoder --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_buckets(vae, data: dict, device, batch: int = 64) -> dict:
+    """Scaled latent means of every picture, per bucket (the VAE is frozen in stage 2)."""
+    out = {}
+    sf = vae.config.scaling_factor
+    for key, b in tqdm(data.items(), desc="encoding latents", leave=False):
+        px = b["pixels"]
+        lat = [vae.encode(to_model_range(px[i : i + batch]).to(device)).latent_dist.mean * sf for i in range(0, len(px), batch)]
+        out[key] = torch.cat(lat).cpu()
+    return out
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023)."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(unet, text_encoder, scheduler, latents, ids, gamma: float, generator=None):
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device, generator=generator)
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, text_encoder(ids)[0]).sample
+    per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
+
+
+def caption_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def train_unet(args, vae, device) -> tuple:
+    from diffusers.training_utils import EMAModel
+
+    comps = world_model.build_components(args.seed)
+    if args.resume:  # continue from the weights in --out (the saved EMA) with a fresh optimizer
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        comps["unet"] = load_fp32(UNet2DConditionModel, Path(args.out), "unet", device)
+        comps["text_encoder"] = load_fp32(CLIPTextModel, Path(args.out), "text_encoder", device)
+    unet, te, tok = comps["unet"].to(device).train(), comps["text_encoder"].to(device).train(), comps["tokenizer"]
+    data = world_buckets(args.images, args.seed + 100)
+    latents = encode_buckets(vae, data, device)
+    ids = {k: caption_ids(tok, v["captions"]) for k, v in data.items()}
+    empty = caption_ids(tok, [EMPTY_PROMPT])[0]
+    params = list(unet.parameters()) + list(te.parameters())
+    ema = EMAModel(params, decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    # a resumed run draws new batches, noise and dropouts rather than replaying the first run's
+    stream = args.seed + 10_000 * len(getattr(args, "previous_unet", []))
+    sampler = BucketSampler({k: len(v) for k, v in latents.items()}, args.batch_size, stream + 200)
+    gen = torch.Generator(device).manual_seed(stream + 300)
+    drop_rng = np.random.default_rng(stream + 400)
+    comps.update(vae=vae, unet=unet, text_encoder=te)
+    state = {"start": time.time(), "last_save": time.time(), "losses": [], "step": 0}
+    bar = tqdm(total=args.unet_steps, desc="U-Net + text encoder")
+    while state["step"] < args.unet_steps and time.time() - state["start"] < args.unet_minutes * 60:
+        key, idx = sampler.next()
+        batch_ids = ids[key][idx].clone()
+        batch_ids[drop_rng.random(len(idx)) < args.caption_dropout] = empty
+        loss = diffusion_loss(unet, te, comps["scheduler"], latents[key][idx].to(device), batch_ids.to(device), args.min_snr_gamma, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
+        opt.step()
+        ema.step(params)
+        state["losses"].append(loss.item())
+        state["step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(state['losses'][-100:]):.4f}")
+        if state["step"] % 50 == 0:
+            tqdm.write(f"unet step {state['step']} {time.time() - state['start']:.0f}s loss {np.mean(state['losses'][-100:]):.4f}")
+        if time.time() - state["last_save"] > args.save_minutes * 60:
+            save_with_ema(comps, ema, params, args, state)
+    bar.close()
+    save_with_ema(comps, ema, params, args, state)
+    return comps, unet_stats(state)
+
+
+def unet_stats(state: dict) -> dict:
+    return {"steps": state["step"], "minutes": (time.time() - state["start"]) / 60,
+            "final_loss": float(np.mean(state["losses"][-100:])) if state["losses"] else math.nan}
+
+
+def save_with_ema(comps: dict, ema, params, args, state: dict) -> None:
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        info = dict(args.info, unet=unet_stats(state))
+        if args.resume:  # keep the history: the steps this run continued from
+            info["unet_before_resume"] = args.previous_unet
+        save_pipeline(comps, Path(args.out), info)
+    finally:
+        ema.restore(params)
+    state["last_save"] = time.time()
+    tqdm.write(f"saved {args.out} at step {state['step']}")
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="lora_kit/world/weights/tiny-world", help="pipeline folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (stage vae/all)")
+    p.add_argument("--stage", choices=("all", "vae", "unet"), default="all", help="unet: reuse the VAE in --out")
+    p.add_argument("--resume", action="store_true", help="stage unet: continue from the U-Net and text encoder in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (2 threads on a busy 2-core box ran 20x slower: OpenMP barriers)")
+    p.add_argument("--save-minutes", type=float, default=5.0, help="rewrite --out this often during stage 2")
+    g = p.add_argument_group("VAE")
+    g.add_argument("--vae-steps", type=int, default=600)
+    g.add_argument("--vae-minutes", type=float, default=8.0, help="wall-clock cap")
+    g.add_argument("--vae-images", type=int, default=4000)
+    g.add_argument("--vae-batch-size", type=int, default=32)
+    g.add_argument("--vae-crop", type=int, default=32, help="train on size x size windows (0: whole pictures)")
+    g.add_argument("--vae-lr", type=float, default=2e-3)
+    g.add_argument("--kl-weight", type=float, default=1e-6, help="times the KL summed over latent elements")
+    g = p.add_argument_group("U-Net + text encoder")
+    g.add_argument("--unet-steps", type=int, default=3000)
+    g.add_argument("--unet-minutes", type=float, default=40.0, help="wall-clock cap")
+    g.add_argument("--images", type=int, default=12000, help="world pictures (encoded once)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=8e-4)
+    g.add_argument("--warmup", type=int, default=100)
+    g.add_argument("--caption-dropout", type=float, default=0.1)
+    g.add_argument("--min-snr-gamma", type=float, default=5.0)
+    g.add_argument("--ema-decay", type=float, default=0.999, help="upper bound; EMA warm-up power 2/3")
+    return p.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    out = Path(args.out)
+    if args.resume and args.stage != "unet":
+        sys.exit("--resume continues stage 2: pass --stage unet")
+    if args.stage != "unet" and (out / "model_index.json").exists() and not args.overwrite:
+        sys.exit(f"{out} exists; pass --overwrite to replace it")
+    args.info = {"seed": args.seed, "device": device.type, "torch": torch.__version__,
+                 "args": {k: v for k, v in vars(args).items() if k not in ("out", "info")}}
+    if args.stage == "unet":
+        from diffusers import AutoencoderKL
+
+        vae = load_fp32(AutoencoderKL, out, "vae", device).eval()
+        previous = json.loads((out / "pretrain.json").read_text())
+        args.info["vae"] = previous.get("vae", {})
+        args.previous_unet = [*previous.get("unet_before_resume", []), dict(previous.get("unet", {}), args=previous.get("args", {}))]
+    else:
+        vae, args.info["vae"] = train_vae(args, device)
+        print(f"VAE: {json.dumps(args.info['vae'])}")
+        save_pipeline(dict(world_model.build_components(args.seed), vae=vae), out, args.info)
+    if args.stage == "vae":
+        return 0
+    vae.requires_grad_(False)
+    _, stats = train_unet(args, vae, device)
+    print(f"U-Net: {json.dumps(stats)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
