@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per prompt in the grid")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a key of the demo recipe (repeatable), e.g. --set optimizer.lr=5e-4")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run: 2 training steps, 1 seed, 2 sampling steps, 2 prompts")
 
 
@@ -46,11 +48,11 @@ def _prepare_data(dataset: str, trigger: str, out: Path) -> tuple[Path, str]:
     return data, f"{report.captioned} captioned, {report.skipped_existing} already had captions"
 
 
-def _train(recipe: str, data: Path, out: Path, steps: int):
+def _train(recipe: str, data: Path, out: Path, steps: int, extra: list[str]):
     from lora_kit.config.load import load_recipe
     from lora_kit.train.recipe import LoraTrainer
 
-    overrides = [f'dataset.path="{data}"', f'output_dir="{out / "run"}"']
+    overrides = [f'dataset.path="{data}"', f'output_dir="{out / "run"}"', *extra]
     if steps:
         overrides.append(f"train.max_steps={steps}")
     r = load_recipe(recipe, overrides)
@@ -117,17 +119,20 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
-    """The tiny ControlNet (when shipped) and a Canny edge map of a world scene, to pin the layout."""
-    from lora_kit.infer.control import canny
+    """The tiny ControlNet (when shipped) and the edge map of a world scene, to pin the layout.
+
+    The edges are what the ControlNet was trained on (lora_kit.world.model.scene_edges: the outline of
+    the scene's silhouette), so the layout column shows the shape the LoRA should fill in."""
     from lora_kit.world.assets import shipped_controlnet_dir
-    from lora_kit.world.shapes import Scene, render
+    from lora_kit.world.model import scene_edges
+    from lora_kit.world.shapes import Scene
 
     cn = shipped_controlnet_dir()
     if cn is None:
         return None
-    scene = Scene("star" if concept == "subject" else "circle", "red", "white", 40, (24, 30), 64, 64)
+    scene = Scene("star" if concept == "subject" else "circle", "red", "white", 40, (32, 32), 64, 64)
     path = out / "control.png"
-    canny(render(scene)).save(path)
+    scene_edges(scene).convert("RGB").save(path)
     return str(cn), path
 
 
@@ -149,7 +154,7 @@ def run(args) -> int:
         args.steps, args.seeds, args.sample_steps, prompts, plain = 2, 1, 2, prompts[:1], plain[:1]
     data, captions = _prepare_data(dataset, trigger, out)
     print(f"[1/4] dataset  {dataset} -> {data} ({captions})")
-    r, files = _train(recipe, data, out, args.steps)
+    r, files = _train(recipe, data, out, args.steps, args.overrides)
     model = r.model.pretrained
     if shipped_model_dir(model.split(":", 1)[-1]) is None:
         print(f"note: {model} is not shipped in this install; trained on the random-init preset (plumbing only)")
