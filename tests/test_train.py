@@ -79,6 +79,7 @@ def test_trained_adapter_changes_images_and_scale_zero_is_base(smoke_run):
 
 def test_resume_is_exact(tmp_path):
     full = run_training(tmp_path / "full", ["train.max_steps=6", "dataset.caption_dropout=0.2", "dataset.shuffle_tags=true"])
+    assert full.global_step == 6
     part = tmp_path / "part"
     first = run_training(part, ["train.max_steps=6", "dataset.caption_dropout=0.2", "dataset.shuffle_tags=true"], stop_after=4)
     assert first.global_step == 4 and not (part / "pytorch_lora_weights.safetensors").exists()
@@ -137,6 +138,7 @@ def test_validation_loss_is_fixed_and_does_not_change_training(tmp_path):
     args = ["train.max_steps=4", "dataset.validation_split=0.2"]
     plain = run_training(tmp_path / "plain", args)
     val = run_training(tmp_path / "val", args + ["validation.every_n_steps=2", "validation.timesteps=[200, 600]"])
+    assert not hasattr(plain, "last_val_loss")  # validation off by default
     a = load_file(str(tmp_path / "plain" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "val" / "pytorch_lora_weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # validating does not disturb training

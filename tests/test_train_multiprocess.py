@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 ARGS = ["train.max_steps=4", "save.every_n_steps=0", "dataset.caption_dropout=0.0", "log.tensorboard=false", "optimizer.name=adamw"]
