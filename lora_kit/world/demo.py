@@ -70,10 +70,10 @@ def _grid(model: str, lora: Path, prompts: list[str], seeds: int, steps: int, ou
 
     base = CellParams(prompt=prompts[0], seed=0, steps=steps, cfg=5.0, sampler="DPM++ 2M", width=64, height=64,
                       loras=[LoraRef(path=str(lora), weight=1.0, name=lora.stem)])
-    cols = [Axis("weight", WEIGHTS, target=lora.stem)]
+    cols = [Axis("weight", WEIGHTS, target=lora.stem, labels=[f"LoRA {w:g}" for w in WEIGHTS])]
     if control:
         base.controls = [ControlRef(model=control[0], image=str(control[1]), scale=0.0)]
-        cols.append(Axis("control_scale", [0.0, 1.0], target="0"))
+        cols.append(Axis("control_scale", [0.0, 1.0], target="0", labels=["no CN", "ControlNet"]))
     spec = GridSpec(model=model, base=base, rows=[Axis("prompt", prompts), Axis("seed", list(range(seeds)))], cols=cols,
                     fuse=True, batch_size=seeds)
     return render_grid(spec, out, overwrite=True)
