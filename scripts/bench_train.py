@@ -7,6 +7,7 @@ Each side runs in its own subprocess so peak memory is its own. Prints a markdow
 
   python scripts/bench_train.py                          # tiny model, CPU
   python scripts/bench_train.py --sd15 --resolution 512  # random-init SD1.5-sized model (GPU)
+  python scripts/bench_train.py --sdxl --resolution 1024 --batch 1   # SDXL-sized, lora-kit side (GPU)
 """
 
 from __future__ import annotations
@@ -45,6 +46,38 @@ def sd15_sized_folder(out: Path) -> Path:
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
     StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
                             feature_extractor=None, requires_safety_checker=False).save_pretrained(out)
+    return out
+
+
+def sdxl_sized_folder(out: Path) -> Path:
+    """A random-init pipeline with SDXL base's architecture (U-Net 2.6B, two CLIP text encoders, 8x VAE)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from lora_kit.models.tokenizer import write_clip_tokenizer
+
+    if (out / "model_index.json").exists():
+        return out
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+        use_linear_projection=True, cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=1024, force_upcast=True)
+    te1 = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                       max_position_embeddings=77, vocab_size=49408, projection_dim=768))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                                     num_attention_heads=20, max_position_embeddings=77, vocab_size=49408,
+                                                     projection_dim=1280, hidden_act="gelu"))
+    tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out / "_tok"))
+    tok2 = CLIPTokenizer.from_pretrained(write_clip_tokenizer(out / "_tok2", pad_token="!"))
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+    StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok2, unet=unet,
+                              scheduler=sched).save_pretrained(out)
     return out
 
 
@@ -156,6 +189,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin:tiny-sd15")
     ap.add_argument("--sd15", action="store_true", help="random-init SD1.5-sized model (written to a temp folder)")
+    ap.add_argument("--sdxl", action="store_true", help="random-init SDXL-sized model; lora-kit side only (the reference loop is SD1's)")
+    ap.add_argument("--only", choices=["reference", "lora-kit"], help="run one side only")
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20)
@@ -171,8 +206,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     if a.sd15:
         model = str(sd15_sized_folder(Path(tmp) / "sd15-random"))
+    if a.sdxl:
+        model, a.only = str(sdxl_sized_folder(Path(tmp) / "sdxl-random")), "lora-kit"
     results = {}
-    for side in ("reference", "lora-kit"):
+    for side in ((a.only,) if a.only else ("reference", "lora-kit")):
         cmd = [sys.executable, __file__, "--_side", side, "--_out", str(Path(tmp) / "run"), "--model", model,
                "--resolution", str(a.resolution), "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
@@ -180,8 +217,13 @@ def main() -> None:
         if res.returncode or not line:
             sys.exit(f"{side} failed:\n{res.stderr[-3000:]}")
         results[side] = json.loads(line[0][7:])
+    name = "random-init SD1.5-sized" if a.sd15 else "random-init SDXL-sized" if a.sdxl else model
+    if len(results) == 1:
+        (side, r), = results.items()
+        print(f"\n{name}, {a.resolution} px, batch {a.batch}, {a.steps} timed steps on {r['device']}: "
+              f"{side} {r['images_per_s']:.2f} images/s, peak {r['peak_mb']:.0f} MiB")
+        return
     ref, ours = results["reference"], results["lora-kit"]
-    name = "random-init SD1.5-sized" if a.sd15 else model
     print(f"\n{name}, {a.resolution} px, batch {a.batch}, {a.steps} timed steps on {ours['device']}\n")
     print("| loop | images/s | peak memory (MiB) |\n|---|---|---|")
     print(f"| reference (diffusers train_text_to_image_lora step) | {ref['images_per_s']:.1f} | {ref['peak_mb']:.0f} |")
