@@ -60,6 +60,7 @@ def save_checkpoint(accelerator, root: Path, step: int, run_state: dict, keep_la
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder is renamed
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps(run_state, indent=2))
         if final.exists():
