@@ -183,6 +183,8 @@ class LoraTrainer:
         meter = StepMeter()
         steps_this_run = 0
         self.unet.train()
+        for te in self.text_encoders if r.network.train_text_encoder else []:
+            te.train()  # transformers loads in eval mode; LoRA dropout must be live while training
         while self.global_step < self.total_steps:
             for batch in self.data.batches(self.epoch, self.batch_in_epoch):
                 self.batch_in_epoch += 1
