@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from lora_kit.adapters import formats, hashes, metadata as md, names
@@ -54,17 +52,9 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from lora_kit.utils import atomic_write_bytes
+
+    atomic_write_bytes(path, data)  # temp + fsync + rename, file mode from the umask
 
 
 def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision: str | None = "fp16",

@@ -12,7 +12,6 @@ The zip is written to a temporary file beside OUT.zip and renamed, and never rep
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import tempfile
 import zipfile
@@ -141,9 +140,9 @@ def _zip_time(run: Run) -> tuple:
 def _write_zip(folder: Path, names: list[str], out_zip: Path, date_time: tuple) -> None:
     from tqdm.auto import tqdm
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_zip.name}.", suffix=".tmp", dir=out_zip.parent)
-    os.close(fd)
-    try:
+    from lora_kit.utils import atomic_write
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as zf:
             for name in tqdm(names, desc="civitai zip", unit="file", disable=None):
                 info = zipfile.ZipInfo(name, date_time)
@@ -152,7 +151,5 @@ def _write_zip(folder: Path, names: list[str], out_zip: Path, date_time: tuple) 
                 info.external_attr = 0o644 << 16
                 with open(folder / name, "rb") as src, zf.open(info, "w") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, out_zip)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(out_zip, write)
