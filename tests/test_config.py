@@ -50,6 +50,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[dataset]\npath="x"\n[buckets]\nbucket_reso_steps=60\n', "[buckets] bucket_reso_steps: expected a multiple of 8, got 60"),
         ('[dataset]\npath="x"\n[optimizer]\nname="prodigy"\nlr=1e-4\n', "[optimizer] lr: Prodigy adapts the step size itself: set lr = 1.0"),
         ('[dataset\npath="x"\n', "r.toml: not valid TOML"),
+        ('[dataset]\npath="x"\n[network]\nconv_rank=-1\n', "[network] conv_rank: expected conv_rank >= 0"),
+        ('[dataset]\npath="x"\n[network]\nconv_rank=4\nuse_dora=true\n', "[network] conv_rank: conv_rank with use_dora = true"),
     ],
 )
 def test_recipe_errors_name_file_key_and_expectation(tmp_path, text, expected):

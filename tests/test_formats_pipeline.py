@@ -185,3 +185,19 @@ def test_dora_diffusers_file_and_merge(tiny_sd15_dir, tmp_path):
     merged = merge_loras(str(tiny_sd15_dir), [(str(files["diffusers"]), 1.0)], tmp_path / "merged")
     assert np.abs(render(p) - ref).max() <= TOL
     assert np.abs(render(load_pipe(merged)) - ref).max() <= TOL
+
+
+def test_conv_lora_locon_both_files(tiny_sd15_dir, tmp_path):
+    """`conv_rank`/`conv_alpha` (kohya conv_dim/conv_alpha): the ResNet 3x3 convolutions get their own rank and
+    alpha; both files carry them (kohya: 4-D lora_down/lora_up and the conv alpha per module) and load exactly."""
+    from lora_kit.adapters.inject import unet_lora_config
+    from lora_kit.config.schema import NetworkConfig
+
+    cfg = unet_lora_config(NetworkConfig(rank=4, alpha=4, target="attn", conv_rank=2, conv_alpha=1))
+    cfg.init_lora_weights = False
+    _, files, _ = run_case(tiny_sd15_dir, "sd1", cfg, None, tmp_path)
+    tensors, meta = io.load_lora_file(files["kohya"])
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert tensors[f"{conv}.lora_down.weight"].shape[:2] == (2, 32) and tensors[f"{conv}.lora_down.weight"].ndim == 4
+    assert tensors[f"{conv}.lora_up.weight"].shape[1:] == (2, 1, 1)
+    assert float(tensors[f"{conv}.alpha"]) == 1.0 and float(tensors["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.alpha"]) == 4.0

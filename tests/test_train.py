@@ -161,6 +161,22 @@ def test_text_encoder_lora_trains_and_exports(tmp_path):
     assert any(float(u.abs().max()) > 0 for u in ups)  # the text encoder adapter moved from its zero init
 
 
+def test_conv_lora_trains_and_exports_with_its_own_rank_and_alpha(tmp_path):
+    """conv_rank/conv_alpha (kohya conv_dim/conv_alpha): ResNet conv1/conv2 adapters at their own rank and alpha."""
+    run_training(tmp_path, ["network.rank=4", "network.alpha=4", "network.conv_rank=2", "network.conv_alpha=1",
+                            "optimizer.lr=1e-3", "train.max_steps=2"])
+    kohya = load_file(str(tmp_path / "tiny-smoke.safetensors"))
+    with safe_open(str(tmp_path / "tiny-smoke.safetensors"), "pt") as f:
+        meta = f.metadata()
+    convs = [k[: -len(".lora_down.weight")] for k in kohya if "_resnets_" in k and k.endswith("lora_down.weight")]
+    assert convs and all(k.endswith(("_conv1", "_conv2")) for k in convs)
+    assert all(kohya[f"{c}.lora_down.weight"].shape[0] == 2 and kohya[f"{c}.lora_down.weight"].ndim == 4 for c in convs)
+    assert {float(kohya[f"{c}.alpha"]) for c in convs} == {1.0}
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha") and "_resnets_" not in k} == {4.0}
+    assert any(float(kohya[f"{c}.lora_up.weight"].abs().max()) > 0 for c in convs)  # the conv adapters trained
+    assert json.loads(meta["ss_network_args"])["conv_dim"] == "2"
+
+
 def test_sample_grids_during_training_do_not_change_training(tmp_path):
     args = ["train.max_steps=4", "dataset.caption_dropout=0.2"]
     plain = run_training(tmp_path / "plain", args)

@@ -7,6 +7,10 @@ work on them unchanged. Target presets use kohya users' vocabulary:
 - "attn-ff": adds proj_in, proj_out and the feed-forward (ff.net.0.proj, ff.net.2) of each transformer
              block: kohya's default set for the U-Net;
 - "custom":  `target_modules` as given (peft suffix matching).
+`conv_rank` > 0 (kohya's conv_dim, "LoCon") adds the two 3x3 convolutions of every ResNet block, with their
+own rank and alpha (peft rank_pattern/alpha_pattern, written per module to both file formats). Attention
+layers never see the finest resolution in small U-Nets (and only see it through 1x1 projections in big
+ones), so a shape or texture the base never drew needs the convolutions to be drawn at all.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ UNET_TARGETS = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],
     "attn-ff": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
 }
+CONV_TARGETS = ["conv1", "conv2"]  # ResnetBlock2D's 3x3 convolutions (not conv_shortcut, a 1x1 skip)
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def unet_target_modules(net: NetworkConfig) -> list[str]:
-    return list(net.target_modules) if net.target == "custom" else list(UNET_TARGETS[net.target])
+    targets = list(net.target_modules) if net.target == "custom" else list(UNET_TARGETS[net.target])
+    return targets + [c for c in CONV_TARGETS if net.conv_rank and c not in targets]
+
+
+def _conv_patterns(net: NetworkConfig) -> tuple[dict, dict]:
+    """peft rank_pattern / alpha_pattern giving the ResNet convolutions their own rank and alpha."""
+    if not net.conv_rank:
+        return {}, {}
+    alpha = net.conv_alpha or float(net.conv_rank)
+    return {c: net.conv_rank for c in CONV_TARGETS}, {c: alpha for c in CONV_TARGETS}
 
 
 def _init(net: NetworkConfig):
@@ -35,12 +49,15 @@ def _init(net: NetworkConfig):
 def unet_lora_config(net: NetworkConfig):
     from peft import LoraConfig
 
+    ranks, alphas = _conv_patterns(net)
     return LoraConfig(
         r=net.rank,
         lora_alpha=net.alpha,
         lora_dropout=net.dropout,
         init_lora_weights=_init(net),
         target_modules=unet_target_modules(net),
+        rank_pattern=ranks,
+        alpha_pattern=alphas,
         use_dora=net.use_dora,
     )
 

@@ -22,6 +22,10 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[network] rank", f"expected an integer >= 1, got {r.network.rank}")
     if r.network.alpha <= 0:
         _fail(r, "[network] alpha", f"expected a number > 0, got {r.network.alpha}")
+    if r.network.conv_rank < 0 or r.network.conv_alpha < 0:
+        _fail(r, "[network] conv_rank", f"expected conv_rank >= 0 and conv_alpha >= 0 (0 = off / = conv_rank), got {r.network.conv_rank} and {r.network.conv_alpha}")
+    if r.network.conv_rank and r.network.use_dora:
+        _fail(r, "[network] conv_rank", "conv_rank with use_dora = true: DoRA files have no kohya layout for convolutions; set conv_rank = 0 or use_dora = false")
     if r.network.target == "custom" and not r.network.target_modules:
         _fail(r, "[network] target_modules", "target = \"custom\" needs a list of module names")
     if r.network.target not in ("attn", "attn-ff", "custom"):

@@ -74,6 +74,8 @@ class NetworkConfig:
     dropout: float = 0.0
     target: str = "attn"  # attn | attn-ff | custom
     target_modules: list[str] = field(default_factory=list)  # used when target = "custom"
+    conv_rank: int = 0  # kohya conv_dim: > 0 also adapts the 3x3 convolutions of the ResNet blocks (LoCon)
+    conv_alpha: float = 0.0  # kohya conv_alpha; 0 = conv_rank (scale 1)
     init: Literal["gaussian", "default", "pissa", "olora", "loftq", "zeros"] = "gaussian"
     use_dora: bool = False
     train_text_encoder: bool = False

@@ -27,7 +27,10 @@ def train_info(trainer) -> dict:
         "alpha": r.network.alpha,
         "network_dropout": r.network.dropout,
         "network_args": {"target": r.network.target, "use_dora": r.network.use_dora, "init": r.network.init,
-                         "train_text_encoder": r.network.train_text_encoder},
+                         "train_text_encoder": r.network.train_text_encoder,
+                         # kohya's own names, which its tools and Civitai read back
+                         **({"conv_dim": r.network.conv_rank, "conv_alpha": r.network.conv_alpha or float(r.network.conv_rank)}
+                            if r.network.conv_rank else {})},
         "training_started_at": trainer.started_at,
         "training_finished_at": time.time(),
         "steps": trainer.global_step,
