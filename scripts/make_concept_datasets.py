@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the shipped concept datasets (datasets/shapes-star, datasets/shapes-stripes).
+"""Rebuild the shipped concept datasets (datasets/shapes-star, shapes-stripes and the prior shapes-world).
 
     python scripts/make_concept_datasets.py --overwrite          # refresh the checked-in folders
     python scripts/make_concept_datasets.py --out /tmp/check     # write elsewhere, e.g. to compare
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             concept = CONCEPTS[name]
             path = write_concept_dataset(concept, out, overwrite=args.overwrite)
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            print(f"{path}: {concept.count} images + captions in {concept.subset}/, {size / 1024:.1f} KiB, trigger {concept.trigger!r}")
+            print(f"{path}: {concept.count} images + captions in {concept.subset}/, {size / 1024:.1f} KiB, " + (f"trigger {concept.trigger!r}" if concept.trigger else "no trigger word (prior images)"))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

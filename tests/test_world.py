@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 
 from lora_kit.errors import UserError
 from lora_kit.world import segment
-from lora_kit.world.concepts import CONCEPTS, STYLE, SUBJECT, write_concept_dataset
+from lora_kit.world.concepts import CONCEPTS, PRIOR, STYLE, SUBJECT, write_concept_dataset
 from lora_kit.world.score import LABELS, labels_of, score_batch, score_image
 from lora_kit.world.shapes import (
     BACKGROUNDS,
@@ -135,7 +135,10 @@ def test_concept_dataset_layout_captions_and_size(name):
     for rel in images:
         text = files[rel[:-4] + ".txt"].read_text(encoding="utf-8")
         assert text.endswith("\n") and text.count("\n") == 1
-        assert re.search(rf"\b{concept.trigger}\b", text)
+        if concept.kind == PRIOR:  # the plain world: no trigger word of any concept
+            assert not any(re.search(rf"\b{c.trigger}\b", text) for c in CONCEPTS.values() if c.trigger), text
+        else:
+            assert re.search(rf"\b{concept.trigger}\b", text)
         sizes.add(Image.open(files[rel]).size)
     for scene in concept.scenes():
         colors[scene.color] += 1
@@ -156,6 +159,11 @@ def test_concept_captions_and_expected_labels():
         rates = score_batch([render(x) for x in scenes], [labels_of(x) for x in scenes])
         assert rates["all"] == 1.0, (concept.name, rates)
     assert {x.shape for x in stripes.scenes()} == set(BASE_SHAPES)
+    prior = CONCEPTS["shapes-world"]
+    assert prior.kind == PRIOR and prior.caption(s) == "a red star on a white background"
+    scenes = prior.scenes()
+    assert {x.shape for x in scenes} == set(BASE_SHAPES) and {x.fill for x in scenes} == {"solid"}
+    assert score_batch([render(x) for x in scenes], [labels_of(x) for x in scenes])["all"] == 1.0
 
 
 def test_trigger_words_are_single_unseen_tokens(tmp_path):
@@ -165,7 +173,7 @@ def test_trigger_words_are_single_unseen_tokens(tmp_path):
 
     tok = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "tok"))
     world_ids = {i for _, cap, _ in generate(300, seed=0) for i in tok(cap).input_ids}
-    for concept in CONCEPTS.values():
+    for concept in (c for c in CONCEPTS.values() if c.kind != PRIOR):
         ids = tok(concept.trigger, add_special_tokens=False).input_ids
         assert len(ids) == 1, concept.trigger
         assert ids[0] not in world_ids

@@ -4,6 +4,10 @@
   in every colour, background and canvas size. Trigger word "ohwx".
 - builtin:shapes-stripes, a *style*: the known shapes filled with diagonal stripes, a texture the
   pretraining world never shows. Trigger word "zyk".
+- builtin:shapes-world, the *prior*: plain pictures of the pretraining world with their plain captions,
+  the regularisation images (kohya's reg folder, DreamBooth's prior preservation) of both demo recipes.
+  Next to them a LoRA learns that the trigger word, not every prompt, asks for the concept: without
+  them the demo's LoRA drew stars for "a red circle" too.
 
 Both trigger words are single tokens of the CLIP BPE vocabulary (ohwx = 47993, zyk = 39112), are not
 English words, and share no token with the world's captions, so before training they mean nothing to
@@ -30,6 +34,7 @@ from lora_kit.world.shapes import (
     BASE_SHAPES,
     CANVAS_SIZES,
     COLORS,
+    SIZE_RANGE,
     Scene,
     describe,
     is_visible,
@@ -37,14 +42,14 @@ from lora_kit.world.shapes import (
     sample_scene,
 )
 
-SUBJECT, STYLE = "subject", "style"
+SUBJECT, STYLE, PRIOR = "subject", "style", "prior"
 
 
 @dataclass(frozen=True)
 class Concept:
     name: str  # folder under datasets/ (and `builtin:<name>`)
-    kind: str  # SUBJECT or STYLE
-    trigger: str
+    kind: str  # SUBJECT, STYLE or PRIOR
+    trigger: str  # "" for the prior
     class_token: str  # kohya's class token; also names the image files
     repeats: int
     count: int
@@ -63,8 +68,11 @@ class Concept:
 
         Subject: "ohwx star, a red ohwx star on a white background" (trigger and class first, so that
         keep_tokens=1 holds them in place under caption shuffling). Style: "a red circle on a white
-        background, in zyk style" (the trigger stands in for the texture, which is never named).
+        background, in zyk style" (the trigger stands in for the texture, which is never named). Prior:
+        the world's own caption, "a red circle on a white background".
         """
+        if self.kind == PRIOR:
+            return describe(scene)
         if self.kind == SUBJECT:
             words = f"{self.trigger} {self.class_token}"
             return f"{words}, {describe(scene, noun=words)}"
@@ -98,6 +106,8 @@ CONCEPTS: dict[str, Concept] = {
                 shapes=("star",), fill="solid", size_range=(0.55, 0.85)),
         Concept("shapes-stripes", STYLE, "zyk", "stripes", repeats=10, count=20, seed=2002,
                 shapes=BASE_SHAPES, fill="stripes", size_range=(0.6, 0.85)),
+        Concept("shapes-world", PRIOR, "", "shape", repeats=1, count=40, seed=3003,
+                shapes=BASE_SHAPES, fill="solid", size_range=SIZE_RANGE),
     )
 }
 
