@@ -17,8 +17,9 @@ text encoder train jointly on SD's epsilon objective with Min-SNR-5 loss weighti
 weights (the EMA is what is saved).
 
 Reproducible: every random number comes from `--seed` (torch.manual_seed, numpy generators for the world
-data). The learning rate is constant after a warm-up, so a run stopped by `--*-minutes` (a wall-clock
-cap) after k steps equals a run of `--*-steps k`; the step counts are written to pretrain.json. The
+data). The learning rate is a function of the step (constant or, with `--decay cosine`, decaying over
+`--unet-steps`), so a run stopped by `--*-minutes` (a wall-clock cap) after k steps equals the first k
+steps of the uncapped run; the step counts are written to pretrain.json. The
 pipeline folder is rewritten every `--save-minutes` (fp16 safetensors), so an interrupted run leaves
 usable weights.
 """
@@ -52,10 +53,12 @@ EMPTY_PROMPT = ""  # caption dropout target = the negative prompt of CFG samplin
 # --- data ---------------------------------------------------------------------------------------------
 
 
-def world_buckets(n: int, seed: int) -> dict[tuple[int, int], dict]:
-    """`n` world pictures grouped by canvas size: {(w, h): {"pixels": uint8 (N,3,H,W), "captions", "scenes"}}."""
+def world_buckets(n: int, seed: int, **constraints) -> dict[tuple[int, int], dict]:
+    """`n` world pictures grouped by canvas size: {(w, h): {"pixels": uint8 (N,3,H,W), "captions", "scenes"}}.
+
+    `constraints` go to shapes.sample_scene (default: the pretraining world, no star, no stripes)."""
     buckets: dict[tuple[int, int], dict] = {}
-    for image, text, scene in tqdm(generate(n, seed), desc="rendering the world", leave=False):
+    for image, text, scene in tqdm(generate(n, seed, **constraints), desc="rendering the world", leave=False):
         b = buckets.setdefault((scene.width, scene.height), {"pixels": [], "captions": [], "scenes": []})
         b["pixels"].append(np.asarray(image))
         b["captions"].append(text)
@@ -200,6 +203,56 @@ def latent_stats(vae, data: dict, device, n: int = 512) -> tuple[float, float]:
     return float(z.std()), float(z.mean())
 
 
+def train_decoder(args, vae, device) -> dict:
+    """Fine-tune the VAE decoder on pictures with every shape and fill of the world, star and stripes included.
+
+    Why: the VAE is the codec, not the diffusion model. SD's VAE reconstructs any texture; ours, trained on
+    flat fills only, shifted the colours of striped shapes (a style LoRA's concept could not survive
+    decoding). The encoder stays frozen, so the latents, and with them the U-Net and every cached latent,
+    keep their meaning: only what the decoder draws from them improves. The U-Net and text encoder never
+    see a star or a stripe; those remain the LoRA concepts."""
+    from lora_kit.world.shapes import FILLS, SHAPES
+
+    torch.manual_seed(args.seed + 500)
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    data = world_buckets(args.vae_images, args.seed + 500, shapes=SHAPES, fills=FILLS)
+    sampler = BucketSampler({k: len(v["captions"]) for k, v in data.items()}, args.vae_batch_size, args.seed + 500)
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    start, losses, step = time.time(), [], 0
+    bar = tqdm(total=args.decoder_steps, desc="VAE decoder")
+    while step < args.decoder_steps and time.time() - start < args.decoder_minutes * 60:
+        key, idx = sampler.next()
+        x = random_crop(to_model_range(data[key]["pixels"][idx]), args.vae_crop, sampler.rng).to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = args.decoder_lr * min(1.0, (step + 1) / 50)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(rec=f"{np.mean(losses[-50:]):.4f}")
+    bar.close()
+    vae.requires_grad_(False).eval()
+    return {"steps": step, "minutes": (time.time() - start) / 60, "final_rec_loss": float(np.mean(losses[-50:]))}
+
+
+def load_pipeline_components(out: Path, device) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    comps = {k: pipe.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    return {k: v.to(device) if k in ("vae", "unet", "text_encoder") else v for k, v in comps.items()}
+
+
 # --- stage 2: U-Net + text encoder --------------------------------------------------------------------
 
 
@@ -270,7 +323,7 @@ def train_unet(args, vae, device) -> tuple:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
+            g["lr"] = unet_lr(args, state["step"])
         opt.step()
         ema.step(params)
         state["losses"].append(loss.item())
@@ -284,6 +337,18 @@ def train_unet(args, vae, device) -> tuple:
     bar.close()
     save_with_ema(comps, ema, params, args, state)
     return comps, unet_stats(state)
+
+
+def unet_lr(args, step: int) -> float:
+    """Linear warm-up, then constant or a cosine decay to `--lr-end-fraction` of `--lr` at `--unet-steps`.
+
+    The learning rate depends on the step only (never on the clock), so a run stopped by `--unet-minutes`
+    after k steps still equals the first k steps of any longer run with the same arguments."""
+    lr = args.lr * min(1.0, (step + 1) / args.warmup)
+    if args.decay == "cosine":
+        progress = min(1.0, step / max(1, args.unet_steps))
+        lr *= args.lr_end_fraction + (1 - args.lr_end_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr
 
 
 def unet_stats(state: dict) -> dict:
@@ -312,7 +377,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="lora_kit/world/weights/tiny-world", help="pipeline folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (stage vae/all)")
-    p.add_argument("--stage", choices=("all", "vae", "unet"), default="all", help="unet: reuse the VAE in --out")
+    p.add_argument("--stage", choices=("all", "vae", "unet", "decoder"), default="all",
+                   help="unet: reuse the VAE in --out; decoder: only fine-tune the VAE decoder of --out (after all/vae)")
     p.add_argument("--resume", action="store_true", help="stage unet: continue from the U-Net and text encoder in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
@@ -325,6 +391,9 @@ def parse_args(argv=None):
     g.add_argument("--vae-batch-size", type=int, default=32)
     g.add_argument("--vae-crop", type=int, default=32, help="train on size x size windows (0: whole pictures)")
     g.add_argument("--vae-lr", type=float, default=2e-3)
+    g.add_argument("--decoder-steps", type=int, default=1500, help="decoder fine-tuning (stage all/decoder)")
+    g.add_argument("--decoder-minutes", type=float, default=10.0, help="wall-clock cap")
+    g.add_argument("--decoder-lr", type=float, default=5e-4)
     g.add_argument("--kl-weight", type=float, default=1e-6, help="times the KL summed over latent elements")
     g = p.add_argument_group("U-Net + text encoder")
     g.add_argument("--unet-steps", type=int, default=3000)
@@ -333,6 +402,8 @@ def parse_args(argv=None):
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=8e-4)
     g.add_argument("--warmup", type=int, default=100)
+    g.add_argument("--decay", choices=("constant", "cosine"), default="constant", help="learning rate after the warm-up")
+    g.add_argument("--lr-end-fraction", type=float, default=0.1, help="cosine: final lr as a fraction of --lr")
     g.add_argument("--caption-dropout", type=float, default=0.1)
     g.add_argument("--min-snr-gamma", type=float, default=5.0)
     g.add_argument("--ema-decay", type=float, default=0.999, help="upper bound; EMA warm-up power 2/3")
@@ -352,16 +423,20 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.resume and args.stage != "unet":
         sys.exit("--resume continues stage 2: pass --stage unet")
-    if args.stage != "unet" and (out / "model_index.json").exists() and not args.overwrite:
+    if args.stage in ("all", "vae") and (out / "model_index.json").exists() and not args.overwrite:
         sys.exit(f"{out} exists; pass --overwrite to replace it")
     args.info = {"seed": args.seed, "device": device.type, "torch": torch.__version__,
                  "args": {k: v for k, v in vars(args).items() if k not in ("out", "info")}}
+    if args.stage == "decoder":
+        return finetune_decoder_only(args, out, device)
     if args.stage == "unet":
         from diffusers import AutoencoderKL
 
         vae = load_fp32(AutoencoderKL, out, "vae", device).eval()
         previous = json.loads((out / "pretrain.json").read_text())
         args.info["vae"] = previous.get("vae", {})
+        if "vae_decoder" in previous:  # a U-Net run leaves the decoder as it was: keep its record
+            args.info["vae_decoder"] = previous["vae_decoder"]
         args.previous_unet = [*previous.get("unet_before_resume", []), dict(previous.get("unet", {}), args=previous.get("args", {}))]
     else:
         vae, args.info["vae"] = train_vae(args, device)
@@ -372,6 +447,18 @@ def main(argv=None) -> int:
     vae.requires_grad_(False)
     _, stats = train_unet(args, vae, device)
     print(f"U-Net: {json.dumps(stats)}")
+    if args.stage == "all":  # from the saved folder: it holds the EMA weights, the live U-Net does not
+        return finetune_decoder_only(args, out, device)
+    return 0
+
+
+def finetune_decoder_only(args, out: Path, device) -> int:
+    """Stage "decoder" on an existing pipeline folder; its pretrain.json keeps the earlier stages' record."""
+    comps = load_pipeline_components(out, device)
+    info = json.loads((out / "pretrain.json").read_text())
+    info["vae_decoder"] = dict(train_decoder(args, comps["vae"], device), args=args.info["args"])
+    print(f"VAE decoder: {json.dumps(info['vae_decoder'])}")
+    save_pipeline(comps, out, info)
     return 0
 
 
