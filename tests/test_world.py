@@ -151,9 +151,9 @@ def test_concept_captions_and_expected_labels():
     star, stripes = CONCEPTS["shapes-star"], CONCEPTS["shapes-stripes"]
     assert (star.kind, stripes.kind) == (SUBJECT, STYLE)
     s = Scene("star", "red", "white", 40, (32, 32), 64, 64)
-    assert star.caption(s) == "ohwx star, a red ohwx star on a white background"
+    assert star.caption(s) == "a red ohwx star on a white background"
     t = Scene("circle", "orange", "grey", 40, (32, 32), 64, 64, "stripes")
-    assert stripes.caption(t) == "an orange circle on a grey background, in zyk style"
+    assert stripes.caption(t) == "an orange zyk circle on a grey background"
     for concept in (star, stripes):
         scenes = concept.scenes()
         rates = score_batch([render(x) for x in scenes], [labels_of(x) for x in scenes])

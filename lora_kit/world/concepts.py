@@ -66,17 +66,20 @@ class Concept:
     def caption(self, scene: Scene) -> str:
         """Training caption; with another scene's colours it is also the evaluation prompt.
 
-        Subject: "ohwx star, a red ohwx star on a white background" (trigger and class first, so that
-        keep_tokens=1 holds them in place under caption shuffling). Style: "a red circle on a white
-        background, in zyk style" (the trigger stands in for the texture, which is never named). Prior:
-        the world's own caption, "a red circle on a white background".
+        Subject: "a red ohwx star on a white background": the trigger and class stand where the world's
+        captions name the shape. The tiny text encoder is causal, so words put before "a red" change how
+        it reads the colour (the demo's stars came out yellow whatever the prompt said); in the noun's
+        place the LoRA learns the shape and the colour stays the base's. Style: "a red zyk circle on a
+        white background": the trigger stands where the world would say "striped" (the texture is never
+        named). "..., in zyk style" at the end, where this text encoder's words barely reach the U-Net,
+        taught stripes to 28% of the demo's prompts; in the adjective's place, to all of them. Prior: the
+        world's own caption, "a red circle on a white background".
         """
         if self.kind == PRIOR:
             return describe(scene)
         if self.kind == SUBJECT:
-            words = f"{self.trigger} {self.class_token}"
-            return f"{words}, {describe(scene, noun=words)}"
-        return f"{describe(scene, name_fill=False)}, in {self.trigger} style"
+            return describe(scene, noun=f"{self.trigger} {self.class_token}")
+        return describe(scene, fill_word=self.trigger)
 
     def scenes(self) -> list[Scene]:
         """`count` scenes that cycle through every shape, colour and canvas size (a random draw of 20

@@ -14,10 +14,12 @@ from pathlib import Path
 
 CONCEPTS = {
     # name: (recipe, dataset, trigger, prompts with the trigger, what the scorer checks)
+    # The trigger prompts are written like the dataset's captions (lora_kit.world.concepts.Concept.caption),
+    # as a user prompts a LoRA with the words it was trained on.
     "subject": ("demo-subject", "shapes-star", "ohwx", ["a red ohwx star on a white background", "a blue ohwx star on a grey background",
                                                          "a yellow ohwx star on a black background", "a green ohwx star on a white background"]),
-    "style": ("demo-style", "shapes-stripes", "zyk", ["a red circle on a white background, in zyk style", "a blue square on a grey background, in zyk style",
-                                                       "a purple triangle on a white background, in zyk style", "an orange circle on a black background, in zyk style"]),
+    "style": ("demo-style", "shapes-stripes", "zyk", ["a red zyk circle on a white background", "a blue zyk square on a grey background",
+                                                       "a purple zyk triangle on a white background", "an orange zyk circle on a black background"]),
 }
 PLAIN_PROMPTS = ["a red circle on a white background", "a blue square on a grey background",
                  "a green triangle on a white background", "a yellow circle on a black background"]
@@ -104,7 +106,8 @@ def _score_cells(result, concept: str) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """{weight: {"concept": rate on trigger prompts, "shape"/"color": accuracy on prompts without it}}."""
+    """{weight: {"concept": rate on trigger prompts, "shape"/"color": accuracy on prompts without it,
+    "bleed": the concept seen on prompts without the trigger (a LoRA should keep it to its trigger)}}."""
     out = {}
     for w in sorted({r["weight"] for r in rows}):
         trig = [r for r in rows if r["weight"] == w and r["trigger"]]
@@ -113,6 +116,7 @@ def summarize(rows: list[dict]) -> dict:
             "concept": sum(r["concept"] for r in trig) / max(1, len(trig)),
             "shape": sum(r["shape"] for r in plain) / max(1, len(plain)),
             "color": sum(r["color"] for r in plain) / max(1, len(plain)),
+            "bleed": sum(r["concept"] for r in plain) / max(1, len(plain)),
             "n": len(trig) + len(plain),
         }
     return out
@@ -171,9 +175,10 @@ def _report(rates: dict, concept: str, out: Path, seconds: float) -> None:
     from lora_kit.utils import atomic_write_json
 
     what = "striped fill" if concept == "style" else "star shape"
-    print(f"[4/4] scores   concept = {what} on prompts with the trigger word; shape/colour = accuracy on prompts without it")
-    print("  weight  concept  shape  colour  images")
+    print(f"[4/4] scores   concept = {what} on prompts with the trigger word; shape/colour = accuracy on prompts without it;")
+    print(f"               bleed = {what} on prompts without it")
+    print("  weight  concept  shape  colour  bleed  images")
     for w, v in rates.items():
-        print(f"  {w:6.1f}  {v['concept']:7.0%}  {v['shape']:5.0%}  {v['color']:6.0%}  {v['n']:6d}")
+        print(f"  {w:6.1f}  {v['concept']:7.0%}  {v['shape']:5.0%}  {v['color']:6.0%}  {v['bleed']:5.0%}  {v['n']:6d}")
     atomic_write_json(out / "scores.json", {str(w): v for w, v in rates.items()})
     print(f"done in {seconds:.0f} s; everything is under {out}")

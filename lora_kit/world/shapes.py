@@ -225,14 +225,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def describe(scene: Scene, noun: str | None = None, name_fill: bool = True) -> str:
-    """"a red circle on a white background".
+def describe(scene: Scene, noun: str | None = None, fill_word: str = "striped") -> str:
+    """"a red circle on a white background", "a red striped circle on a white background".
 
-    `noun` replaces the shape's name (a subject LoRA's "ohwx star"); `name_fill=False` leaves out
-    "striped" (a style LoRA's caption names the style by its trigger word instead).
+    `noun` replaces the shape's name (a subject LoRA's "ohwx star"); `fill_word` the word for a
+    striped fill (a style LoRA's trigger word, "a red zyk circle ...").
     """
     noun = noun or scene.shape
-    adjectives = scene.color + (" striped" if name_fill and scene.fill == "stripes" else "")
+    adjectives = scene.color + (f" {fill_word}" if scene.fill == "stripes" else "")
     return f"{_article(adjectives)} {adjectives} {noun} on {_article(scene.background)} {scene.background} background"
 
 
