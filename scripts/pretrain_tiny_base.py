@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain the tiny base model of the shapes world: the VAE first, then U-Net + text encoder.
+"""Pretrain the tiny base model of the shapes world: the VAE, U-Net + text encoder, then the VAE decoder.
 
     python scripts/pretrain_tiny_base.py --out lora_kit/world/weights/tiny-world --overwrite \
         --vae-steps 600 --unet-steps 3000 --unet-minutes 40
@@ -14,7 +14,9 @@ the U-Net sees unit-variance latents as SD's does. Stage 2: the VAE is frozen, e
 encoded once (cached latents: the VAE would otherwise cost as much per step as the U-Net), and U-Net and
 text encoder train jointly on SD's epsilon objective with Min-SNR-5 loss weighting, 10% caption dropout
 (the empty prompt, which classifier-free guidance uses as its unconditional branch) and an EMA of the
-weights (the EMA is what is saved).
+weights (the EMA is what is saved). Stage 3 (`--stage decoder`, also the end of `all`): the decoder alone
+is fine-tuned on pictures with every shape and fill, star and stripes included, so that the codec can
+draw what a LoRA later teaches; the encoder and with it the latent space stay as they were.
 
 Reproducible: every random number comes from `--seed` (torch.manual_seed, numpy generators for the world
 data). The learning rate is a function of the step (constant or, with `--decay cosine`, decaying over
