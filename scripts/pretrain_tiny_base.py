@@ -133,11 +133,21 @@ def save_pipeline(components: dict, out: Path, info: dict) -> None:
     try:
         world_model.make_pipeline(comps).save_pretrained(tmp, safe_serialization=True)
         load_text_encoder_as_fp32(tmp / "text_encoder" / "config.json")
+        scrub_local_paths(tmp, f"lora-kit/{out.name}")
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scrub_local_paths(folder: Path, name: str) -> None:
+    """diffusers writes the folder a model was loaded from into `_name_or_path`; shipped configs carry no local path."""
+    for cfg_path in folder.glob("*/config.json"):
+        cfg = json.loads(cfg_path.read_text())
+        if "_name_or_path" in cfg:
+            cfg["_name_or_path"] = name
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def load_text_encoder_as_fp32(config_path: Path) -> None:
@@ -301,15 +311,18 @@ def train_unet(args, vae, device) -> tuple:
         comps["unet"] = load_fp32(UNet2DConditionModel, Path(args.out), "unet", device)
         comps["text_encoder"] = load_fp32(CLIPTextModel, Path(args.out), "text_encoder", device)
     unet, te, tok = comps["unet"].to(device).train(), comps["text_encoder"].to(device).train(), comps["tokenizer"]
-    data = world_buckets(args.images, args.seed + 100)
+    # a resumed run draws new batches, noise and dropouts rather than replaying the first run's
+    stream = args.seed + 10_000 * len(getattr(args, "previous_unet", []))
+    # --fresh-images: new pictures too. Resuming 6,000 steps on the first run's 12,000 pictures lowered the
+    # training loss from 0.011 to 0.006 while the 100-prompt eval fell from 0.74/0.59 to 0.53/0.42 (shape/
+    # colour): the tiny model memorises a fixed picture set after ~30 epochs.
+    data = world_buckets(args.images, (stream if args.fresh_images else args.seed) + 100)
     latents = encode_buckets(vae, data, device)
     ids = {k: caption_ids(tok, v["captions"]) for k, v in data.items()}
     empty = caption_ids(tok, [EMPTY_PROMPT])[0]
     params = list(unet.parameters()) + list(te.parameters())
     ema = EMAModel(params, decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    # a resumed run draws new batches, noise and dropouts rather than replaying the first run's
-    stream = args.seed + 10_000 * len(getattr(args, "previous_unet", []))
     sampler = BucketSampler({k: len(v) for k, v in latents.items()}, args.batch_size, stream + 200)
     gen = torch.Generator(device).manual_seed(stream + 300)
     drop_rng = np.random.default_rng(stream + 400)
@@ -401,6 +414,7 @@ def parse_args(argv=None):
     g.add_argument("--unet-steps", type=int, default=3000)
     g.add_argument("--unet-minutes", type=float, default=40.0, help="wall-clock cap")
     g.add_argument("--images", type=int, default=12000, help="world pictures (encoded once)")
+    g.add_argument("--fresh-images", action="store_true", help="--resume: render new pictures instead of the first run's")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=8e-4)
     g.add_argument("--warmup", type=int, default=100)
@@ -449,7 +463,7 @@ def main(argv=None) -> int:
     vae.requires_grad_(False)
     _, stats = train_unet(args, vae, device)
     print(f"U-Net: {json.dumps(stats)}")
-    if args.stage == "all":  # from the saved folder: it holds the EMA weights, the live U-Net does not
+    if args.stage == "all" and args.decoder_steps:  # from the saved folder: it holds the EMA weights, the live U-Net does not
         return finetune_decoder_only(args, out, device)
     return 0
 

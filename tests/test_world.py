@@ -273,3 +273,19 @@ def test_segment_helpers():
     assert segment.erode(segment.fill_holes(mask)).sum() == 4 * 5
     tri = np.tril(np.ones((20, 20), dtype=bool))
     assert tri.sum() <= segment.hull_area(tri) <= tri.sum() + 10
+
+
+def test_star_needs_five_tips_not_just_concavity(world_300):
+    """radial_peaks names every rendered shape by its tip count; a concave blob without five tips is no star."""
+    from lora_kit.world.score import segment as segment_image
+
+    want = {"circle": 0, "diamond": 2, "triangle": 3, "square": 4, "star": 5}
+    for image, _, scene in world_300:
+        assert segment.radial_peaks(segment_image(np.asarray(image))[0]) == want[scene.shape], scene
+    # a plus sign: concave (solidity ~0.7) and as wide as tall like a star, so only its 4 tips tell it apart
+    yy, xx = np.mgrid[0:64, 0:64]
+    plus = ((abs(yy - 32) < 6) & (abs(xx - 32) < 20)) | ((abs(xx - 32) < 6) & (abs(yy - 32) < 20))
+    for mask in (plus,):
+        rgb = np.where(mask[..., None], np.array(COLORS["red"], np.uint8), np.array(BACKGROUNDS["white"], np.uint8)).astype(np.uint8)
+        s = score_image(rgb)
+        assert s.features["solidity"] < 0.78 and s.features["tips"] == 4 and s.shape == "other", s.features

@@ -9,7 +9,8 @@ Method, per image:
 2. foreground = pixels far from that colour (segment.foreground_mask), holes filled, largest
    4-connected component kept;
 3. shape from the mask's geometry: fill of its bounding box (square 1, circle pi/4, triangle and
-   diamond 1/2, star ~0.33), solidity against its convex hull (a star is the only concave shape), the
+   diamond 1/2, star ~0.33), solidity against its convex hull (a star is the only concave shape, and it
+   must show five tips seen from its centroid: segment.radial_peaks), the
    height of its centroid in the box (a triangle's is low, at 2/3) and its aspect ratio;
 4. colour: the mask's core (edge pixels dropped: they are blended with the background) is split in two
    by luminance (2-means); the half whose mean lies closest to a named colour of shapes.COLORS names the
@@ -29,7 +30,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from lora_kit.world.segment import border_pixels, erode, fill_holes, foreground_mask, hull_area, largest_component, median3
+from lora_kit.world.segment import (
+    border_pixels, erode, fill_holes, foreground_mask, hull_area, largest_component, median3, radial_peaks,
+)
 from lora_kit.world.shapes import BACKGROUNDS, COLORS, SHAPES, Scene, shape_extent
 
 # The aspect ratio (width / height) each shape has in the world; far from all of them means "other".
@@ -38,6 +41,7 @@ _MAX_LOG_ASPECT_ERROR = 0.25
 # Decision thresholds on the mask features, each half-way between the classes it separates (measured
 # on ground truth and blurred+noisy renders: see tests/test_world.py and docs/world.md).
 STAR_SOLIDITY = 0.78
+STAR_TIPS = 5  # segment.radial_peaks of a five-pointed star
 SQUARE_FILL = 0.86
 ROUND_FILL = 0.68
 TRIANGLE_CENTROID = 0.565
@@ -125,6 +129,7 @@ def shape_features(mask: np.ndarray) -> dict:
         "solidity": area / max(hull_area(mask), 1.0),
         "aspect": w / h,
         "centroid_y": float((ys.mean() + 0.5 - ys.min()) / h),  # 0 = top of the box, 1 = bottom
+        "tips": radial_peaks(mask),
         "touches_border": bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()),
     }
 
@@ -140,6 +145,9 @@ def classify_shape(f: dict) -> tuple[str, float]:
     if f["touches_border"]:  # cut off by the frame (or no background at all): its outline is not its shape
         return "other", 1.0
     if f["solidity"] < STAR_SOLIDITY:
+        # Concave and five-tipped. Concavity alone also called the noisy blobs of an untrained prompt a star.
+        if f["tips"] != STAR_TIPS:
+            return "other", _margin(f["solidity"], STAR_SOLIDITY, 0.2)
         label, conf = "star", _margin(f["solidity"], STAR_SOLIDITY, 0.2)
     elif f["fill"] >= SQUARE_FILL:
         label, conf = "square", _margin(f["fill"], SQUARE_FILL, 0.1)
