@@ -289,3 +289,20 @@ def test_star_needs_five_tips_not_just_concavity(world_300):
         rgb = np.where(mask[..., None], np.array(COLORS["red"], np.uint8), np.array(BACKGROUNDS["white"], np.uint8)).astype(np.uint8)
         s = score_image(rgb)
         assert s.features["solidity"] < 0.78 and s.features["tips"] == 4 and s.shape == "other", s.features
+
+
+def test_stripes_are_the_worlds_diagonal_period_not_any_texture():
+    """Only "/" stripes of about the world's 16 px period count; other periods, directions and noise do not."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    square = (abs(yy - 32) < 22) & (abs(xx - 32) < 22)
+    red, tint = np.array(COLORS["red"], float), np.array(COLORS["red"], float) / 2 + 127
+
+    def painted(band):
+        fill = np.where(band[..., None], red, tint)
+        return np.where(square[..., None], fill, np.array(BACKGROUNDS["white"], float)).astype(np.uint8)
+
+    assert score_image(painted(((xx + yy) // 8) % 2 == 0)).striped  # the world's: "/" with period 16
+    assert not score_image(painted(((xx + yy) // 20) % 2 == 0)).striped  # "/" but period 40
+    assert not score_image(painted((yy // 8) % 2 == 0)).striped  # horizontal bands
+    blotches = np.random.default_rng(3).random((8, 8)).repeat(8, 0).repeat(8, 1) > 0.5  # blobs of 8 px
+    assert not score_image(painted(blotches)).striped
