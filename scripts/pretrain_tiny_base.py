@@ -313,9 +313,8 @@ def train_unet(args, vae, device) -> tuple:
     unet, te, tok = comps["unet"].to(device).train(), comps["text_encoder"].to(device).train(), comps["tokenizer"]
     # a resumed run draws new batches, noise and dropouts rather than replaying the first run's
     stream = args.seed + 10_000 * len(getattr(args, "previous_unet", []))
-    # --fresh-images: new pictures too. Resuming 6,000 steps on the first run's 12,000 pictures lowered the
-    # training loss from 0.011 to 0.006 while the 100-prompt eval fell from 0.74/0.59 to 0.53/0.42 (shape/
-    # colour): the tiny model memorises a fixed picture set after ~30 epochs.
+    # --fresh-images: new pictures too, so that a long continuation does not revisit the same 12,000. (It did
+    # not rescue the continuations tried so far: see "dead ends" in docs/world.md.)
     data = world_buckets(args.images, (stream if args.fresh_images else args.seed) + 100)
     latents = encode_buckets(vae, data, device)
     ids = {k: caption_ids(tok, v["captions"]) for k, v in data.items()}
