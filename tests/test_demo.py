@@ -15,7 +15,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         assert (out / rel).is_file(), rel
     scores = json.loads((out / "scores.json").read_text())
     assert sorted(float(w) for w in scores) == [0.0, 0.5, 1.0]
-    assert all(0.0 <= v["concept"] <= 1.0 for v in scores.values())
+    assert all(0.0 <= v["concept"] <= 1.0 and 0.0 <= v["bleed"] <= 1.0 for v in scores.values())
     assert "[4/4] scores" in res.stdout and "everything is under" in res.stdout
     manifest = json.loads((out / "grid" / "grid.json").read_text())
     assert len(manifest["cells"]) == 2 * 3 * (2 if (out / "control.png").exists() else 1)  # 2 prompts x 3 weights (x control)
