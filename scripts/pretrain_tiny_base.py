@@ -168,40 +168,52 @@ def load_fp32(cls, folder: Path, subfolder: str, device):
 # --- stage 1: VAE -------------------------------------------------------------------------------------
 
 
-def train_vae(args, device) -> tuple:
-    torch.manual_seed(args.seed)
-    vae = world_model.build_vae(args.seed).to(device).train()
-    data = world_buckets(args.vae_images, args.seed)
-    sampler = BucketSampler({k: len(v["captions"]) for k, v in data.items()}, args.vae_batch_size, args.seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+def reconstruction_loop(params, data: dict, args, loss_fn, device, *, seed: int, lr: float, steps: int, minutes: float, desc: str) -> dict:
+    """Train `params` on 32 px windows of `data` (stages 1 and 3): AdamW, 50 warm-up steps, then constant.
+
+    `loss_fn(x)` returns (loss to minimise, reconstruction loss to report); the returned stats record the
+    steps, minutes and mean reconstruction loss of the last 50 steps."""
+    sampler = BucketSampler({k: len(v["captions"]) for k, v in data.items()}, args.vae_batch_size, seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     start, losses, step = time.time(), [], 0
-    bar = tqdm(total=args.vae_steps, desc="VAE")
-    while step < args.vae_steps and time.time() - start < args.vae_minutes * 60:
+    bar = tqdm(total=steps, desc=desc)
+    while step < steps and time.time() - start < minutes * 60:
         key, idx = sampler.next()
         x = random_crop(to_model_range(data[key]["pixels"][idx]), args.vae_crop, sampler.rng).to(device)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        loss = rec_loss + args.kl_weight * post.kl().mean()
+        loss, rec_loss = loss_fn(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         for g in opt.param_groups:  # linear warm-up, then constant (see the module docstring)
-            g["lr"] = args.vae_lr * min(1.0, (step + 1) / 50)
+            g["lr"] = lr * min(1.0, (step + 1) / 50)
         opt.step()
         losses.append(rec_loss.item())
         step += 1
         bar.update(1)
         bar.set_postfix(rec=f"{np.mean(losses[-50:]):.4f}")
         if step % 50 == 0:
-            tqdm.write(f"vae step {step} {time.time() - start:.0f}s rec {np.mean(losses[-50:]):.4f}")
+            tqdm.write(f"{desc} step {step} {time.time() - start:.0f}s rec {np.mean(losses[-50:]):.4f}")
     bar.close()
+    return {"steps": step, "minutes": (time.time() - start) / 60, "final_rec_loss": float(np.mean(losses[-50:]))}
+
+
+def train_vae(args, device) -> tuple:
+    torch.manual_seed(args.seed)
+    vae = world_model.build_vae(args.seed).to(device).train()
+    data = world_buckets(args.vae_images, args.seed)
+
+    def loss_fn(x):
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        return rec_loss + args.kl_weight * post.kl().mean(), rec_loss
+
+    stats = reconstruction_loop(list(vae.parameters()), data, args, loss_fn, device, seed=args.seed, lr=args.vae_lr,
+                                steps=args.vae_steps, minutes=args.vae_minutes, desc="VAE")
     vae.eval()
     std, mean = latent_stats(vae, data, device)
     vae.register_to_config(scaling_factor=float(1.0 / std))
-    stats = {"steps": step, "minutes": (time.time() - start) / 60, "final_rec_loss": float(np.mean(losses[-50:])),
-             "latent_std": std, "latent_mean": mean, "scaling_factor": float(1.0 / std)}
-    return vae, stats
+    return vae, dict(stats, latent_std=std, latent_mean=mean, scaling_factor=float(1.0 / std))
 
 
 @torch.no_grad()
@@ -231,30 +243,18 @@ def train_decoder(args, vae, device) -> dict:
     vae.post_quant_conv.requires_grad_(True)
     params = [p for p in vae.parameters() if p.requires_grad]
     data = world_buckets(args.vae_images, args.seed + 500, shapes=SHAPES, fills=FILLS)
-    sampler = BucketSampler({k: len(v["captions"]) for k, v in data.items()}, args.vae_batch_size, args.seed + 500)
-    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    start, losses, step = time.time(), [], 0
-    bar = tqdm(total=args.decoder_steps, desc="VAE decoder")
-    while step < args.decoder_steps and time.time() - start < args.decoder_minutes * 60:
-        key, idx = sampler.next()
-        x = random_crop(to_model_range(data[key]["pixels"][idx]), args.vae_crop, sampler.rng).to(device)
+
+    def loss_fn(x):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for g in opt.param_groups:
-            g["lr"] = args.decoder_lr * min(1.0, (step + 1) / 50)
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(rec=f"{np.mean(losses[-50:]):.4f}")
-    bar.close()
+        return loss, loss
+
+    stats = reconstruction_loop(params, data, args, loss_fn, device, seed=args.seed + 500, lr=args.decoder_lr,
+                                steps=args.decoder_steps, minutes=args.decoder_minutes, desc="VAE decoder")
     vae.requires_grad_(False).eval()
-    return {"steps": step, "minutes": (time.time() - start) / 60, "final_rec_loss": float(np.mean(losses[-50:]))}
+    return stats
 
 
 def load_pipeline_components(out: Path, device) -> dict:
