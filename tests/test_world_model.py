@@ -103,9 +103,12 @@ def test_shipped_folders_are_fp16_safetensors_that_load_as_fp32(pipe, controlnet
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     info = json.loads((BASE / "pretrain.json").read_text())
     assert pipe.vae.config.scaling_factor == pytest.approx(info["vae"]["scaling_factor"], rel=1e-6)
-    for path in [*BASE.rglob("*.json"), *CONTROLNET.rglob("*.json")]:  # shipped files name no local folder
-        text = path.read_text()
-        assert not any(s in text for s in ('"/tmp', '"/home', '"/root', '"/work', '"/Users')), path
+    # Shipped files name no local folder: the publisher's own leak scan, over this machine's roots and the
+    # usual homes and work folders of the machines the weights were trained on.
+    from lora_kit.publish.privacy import find_leaks, local_roots
+
+    roots = local_roots("/tmp", "/home", "/root", "/work", "/Users")
+    assert find_leaks(BASE, roots, []) == [] and find_leaks(CONTROLNET, roots, []) == []
 
 
 def test_trigger_words_are_single_tokens(pipe):
