@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lora_kit.train import loss as loss_fns  # noqa: E402
 from lora_kit.world import model as world_model  # noqa: E402
 from lora_kit.world.shapes import generate  # noqa: E402
 
@@ -280,20 +281,24 @@ def encode_buckets(vae, data: dict, device, batch: int = 64) -> dict:
     return out
 
 
-def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR (Hang et al. 2023)."""
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+def noised_latents(latents, alphas_cumprod, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, eps, t): uniform timesteps and the DDPM forward process, lora_kit's own pure loss functions.
+
+    Why not `scheduler.add_noise`: the pipeline's DPMSolverMultistepScheduler indexes its sigmas by the
+    position of t in its *descending* `timesteps` until `set_timesteps` is called, so its add_noise(x, n, 999)
+    is the least noisy input, not the noisiest. The first shipped base was trained that way (noise level
+    reversed against the timestep label, Min-SNR weights with it): it drew colours weakly and got worse
+    the longer it trained. lora_kit.train.loss is what the LoRA trainer uses, tested against DDPMScheduler."""
+    noise = loss_fns.sample_noise(latents, generator)
+    t = loss_fns.sample_timesteps(latents.shape[0], generator).to(latents.device)
+    return loss_fns.add_noise(latents, noise, t, alphas_cumprod), noise, t
 
 
-def diffusion_loss(unet, text_encoder, scheduler, latents, ids, gamma: float, generator=None):
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device, generator=generator)
-    noisy = scheduler.add_noise(latents, noise, t)
+def diffusion_loss(unet, text_encoder, alphas_cumprod, latents, ids, gamma: float, generator):
+    """Epsilon objective with Min-SNR-gamma weights (min(SNR, gamma) / SNR), batch mean."""
+    noisy, noise, t = noised_latents(latents, alphas_cumprod, generator)
     pred = unet(noisy, t, text_encoder(ids)[0]).sample
-    per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
+    return loss_fns.diffusion_loss(pred, noise, t, alphas_cumprod, min_snr_gamma=gamma)
 
 
 def caption_ids(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -312,7 +317,7 @@ def train_unet(args, vae, device) -> tuple:
         comps["text_encoder"] = load_fp32(CLIPTextModel, Path(args.out), "text_encoder", device)
     unet, te, tok = comps["unet"].to(device).train(), comps["text_encoder"].to(device).train(), comps["tokenizer"]
     # a resumed run draws new batches, noise and dropouts rather than replaying the first run's
-    stream = args.seed + 10_000 * len(getattr(args, "previous_unet", []))
+    stream = args.seed + (10_000 * len(args.previous_unet) if args.resume else 0)
     # --fresh-images: new pictures too, so that a long continuation does not revisit the same 12,000. (It did
     # not rescue the continuations tried so far: see "dead ends" in docs/world.md.)
     data = world_buckets(args.images, (stream if args.fresh_images else args.seed) + 100)
@@ -323,7 +328,8 @@ def train_unet(args, vae, device) -> tuple:
     ema = EMAModel(params, decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     sampler = BucketSampler({k: len(v) for k, v in latents.items()}, args.batch_size, stream + 200)
-    gen = torch.Generator(device).manual_seed(stream + 300)
+    gen = torch.Generator().manual_seed(stream + 300)  # CPU: lora_kit.train.loss draws on the CPU, then moves
+    alphas_cumprod = world_model.training_scheduler().alphas_cumprod.to(device)
     drop_rng = np.random.default_rng(stream + 400)
     comps.update(vae=vae, unet=unet, text_encoder=te)
     state = {"start": time.time(), "last_save": time.time(), "losses": [], "step": 0}
@@ -332,7 +338,7 @@ def train_unet(args, vae, device) -> tuple:
         key, idx = sampler.next()
         batch_ids = ids[key][idx].clone()
         batch_ids[drop_rng.random(len(idx)) < args.caption_dropout] = empty
-        loss = diffusion_loss(unet, te, comps["scheduler"], latents[key][idx].to(device), batch_ids.to(device), args.min_snr_gamma, gen)
+        loss = diffusion_loss(unet, te, alphas_cumprod, latents[key][idx].to(device), batch_ids.to(device), args.min_snr_gamma, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

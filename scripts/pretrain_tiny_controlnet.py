@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,12 +39,13 @@ from pretrain_tiny_base import (  # noqa: E402  (the shared data/saving helpers 
     encode_buckets,
     half_copy,
     load_fp32,
-    min_snr_weights,
+    noised_latents,
     pick_device,
     replace_dir,
     world_buckets,
 )
 
+from lora_kit.train import loss as loss_fns  # noqa: E402
 from lora_kit.world import model as world_model  # noqa: E402
 
 
@@ -68,14 +68,11 @@ def prompt_embeddings(text_encoder, tokenizer, data: dict, device) -> tuple[dict
     return out, empty
 
 
-def control_loss(controlnet, unet, scheduler, latents, embeds, cond, gamma: float, generator):
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device, generator=generator)
-    noisy = scheduler.add_noise(latents, noise, t)
+def control_loss(controlnet, unet, alphas_cumprod, latents, embeds, cond, gamma: float, generator):
+    noisy, noise, t = noised_latents(latents, alphas_cumprod, generator)
     down, mid = controlnet(noisy, t, encoder_hidden_states=embeds, controlnet_cond=cond, return_dict=False)
     pred = unet(noisy, t, embeds, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-    per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(scheduler, t, gamma)).mean()
+    return loss_fns.diffusion_loss(pred, noise, t, alphas_cumprod, min_snr_gamma=gamma)
 
 
 def load_base(base: Path, device) -> dict:
@@ -118,10 +115,10 @@ def train(args, device) -> dict:
     base = load_base(Path(args.base), device)
     d = prepare(args, base, device)
     controlnet = world_model.controlnet_from_unet(base["unet"]).to(device).train()
-    scheduler = world_model.training_scheduler()
+    alphas_cumprod = world_model.training_scheduler().alphas_cumprod.to(device)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=1e-2)
     sampler = BucketSampler({k: len(v) for k, v in d["latents"].items()}, args.batch_size, args.seed + 600)
-    gen = torch.Generator(device).manual_seed(args.seed + 700)
+    gen = torch.Generator().manual_seed(args.seed + 700)  # CPU: lora_kit.train.loss draws on the CPU
     drop_rng = np.random.default_rng(args.seed + 800)
     start, last_save, losses, step = time.time(), time.time(), [], 0
     bar = tqdm(total=args.steps, desc="ControlNet")
@@ -130,7 +127,7 @@ def train(args, device) -> dict:
         embeds = d["embeds"][key][idx].clone()
         embeds[drop_rng.random(len(idx)) < args.prompt_dropout] = d["empty"]
         cond = d["edges"][key][idx].float().div(255).to(device)
-        loss = control_loss(controlnet, base["unet"], scheduler, d["latents"][key][idx].to(device), embeds.to(device), cond, args.min_snr_gamma, gen)
+        loss = control_loss(controlnet, base["unet"], alphas_cumprod, d["latents"][key][idx].to(device), embeds.to(device), cond, args.min_snr_gamma, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
