@@ -81,6 +81,23 @@ def test_items_repeats_reg_and_stats(world):
     assert [data.buckets[b] for b in data.bucket_ids[9:12]] == [(64, 64), (80, 48), (80, 48)]
 
 
+def test_reg_balance_matches_the_training_samples_like_kohya(world):
+    data = build_train_data(_recipe(world, reg_balance=True))  # 21 training samples, 2 reg images at 3 repeats
+    reg = [s.record for s in data.dataset.samples if s.record.is_reg]
+    assert [r.repeats for r in reg] == [11, 10] and data.stats["num_reg_images"] == 21
+    assert len(data.dataset) == 42 and sum(item["is_reg"] for item in (data.dataset[i] for i in range(21, 42))) == 21
+
+
+def test_balance_reg_leaves_out_a_surplus():
+    from lora_kit.data.dataset import balance_reg
+    from lora_kit.data.sources import ImageRecord
+
+    recs = [ImageRecord(f"r{i}.png", None, None, 2, True, "reg", (64, 64)) for i in range(5)]
+    assert [r.repeats for r in balance_reg(recs, 5)] == [2, 2, 2]  # kohya: stop once 5 samples are reached
+    assert [r.repeats for r in balance_reg(recs, 13)] == [3, 3, 3, 2, 2]
+    assert balance_reg([], 10) == [] and balance_reg(recs, 0) == []
+
+
 def test_captions_vary_by_epoch_and_are_reproducible(world):
     ds = build_train_data(_recipe(world)).dataset
     epoch0 = [ds[i]["caption"] for i in range(10)]

@@ -45,6 +45,7 @@ class DatasetConfig:
     reg_path: str = ""  # regularisation (class) images for prior preservation
     reg_repeats: int = 1
     reg_class_tokens: str = ""  # caption of reg images without sidecar, e.g. "a star"
+    reg_balance: bool = False  # kohya: raise reg repeats round-robin (or drop the surplus) to match the training samples
     validation_split: float = 0.0  # fraction held out for validation loss (seeded)
     max_images: int = 0  # 0 = all
 

@@ -13,6 +13,8 @@ before `iter(loader)` and keep `persistent_workers=False` (the default), or the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hashlib
 import random
@@ -171,6 +173,22 @@ def split_validation(records: list[ImageRecord], fraction: float, seed: int) -> 
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def balance_reg(reg: list[ImageRecord], num_train: int) -> list[ImageRecord]:
+    """kohya's prior-preservation balance (DreamBoothDataset): reg images are taken in order until their
+    samples (with repeats) reach `num_train`, the training samples with repeats; if they fall short, their
+    repeats are raised by one, round-robin, until they match. A surplus of reg images is left out."""
+    kept, n = [], 0
+    for r in reg:
+        if n >= num_train:
+            break
+        kept.append(r)
+        n += r.repeats
+    repeats = [r.repeats for r in kept]
+    for i in range(max(0, num_train - n) if kept else 0):
+        repeats[i % len(kept)] += 1
+    return [dataclasses.replace(r, repeats=k) for r, k in zip(kept, repeats)]
+
+
 def place(records: list[ImageRecord], recipe: Recipe) -> list[Placement]:
     """Bucket placement; a random crop is seeded by the image's identity, so adding images leaves the
     others' crops (and cached latents) unchanged."""
@@ -244,6 +262,8 @@ def build_train_data(
     reg_scan = scan_dataset(ds_cfg, reg=True) if ds_cfg.reg_path else None
     train_records, val_records = split_validation(train_scan.records, ds_cfg.validation_split, recipe.seed)
     reg_records = reg_scan.records if reg_scan else []
+    if ds_cfg.reg_balance:
+        reg_records = balance_reg(reg_records, sum(r.repeats for r in train_records))
     records = train_records + reg_records
     samples = [Sample(r, p) for r, p in zip(records, place(records, recipe))]
     val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, _without_random_crop(recipe)))]
@@ -281,8 +301,6 @@ def build_train_data(
 
 
 def _without_random_crop(recipe: Recipe) -> Recipe:
-    import dataclasses
-
     return dataclasses.replace(recipe, buckets=dataclasses.replace(recipe.buckets, random_crop=False))
 
 
