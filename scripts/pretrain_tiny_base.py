@@ -431,6 +431,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def vae_args(previous: dict) -> dict:
+    """The arguments of the run that trained the VAE, from a pretrain.json (kept when stage 2 runs again)."""
+    history = previous.get("unet_before_resume") or []
+    return previous.get("vae", {}).get("args") or (history[0].get("args", {}) if history else previous.get("args", {}))
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -455,7 +461,7 @@ def main(argv=None) -> int:
 
         vae = load_fp32(AutoencoderKL, out, "vae", device).eval()
         previous = json.loads((out / "pretrain.json").read_text())
-        args.info["vae"] = previous.get("vae", {})
+        args.info["vae"] = dict(previous.get("vae", {}), args=vae_args(previous))
         if "vae_decoder" in previous:  # a U-Net run leaves the decoder as it was: keep its record
             args.info["vae_decoder"] = previous["vae_decoder"]
         args.previous_unet = [*previous.get("unet_before_resume", []), dict(previous.get("unet", {}), args=previous.get("args", {}))]

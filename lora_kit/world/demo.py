@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--style", action="store_true", help="learn the stripes style instead of the star subject")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: the recipe's)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per prompt in the grid")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per prompt in the grid (5: a rate over 20 images, one image = 5 points)")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
