@@ -318,8 +318,7 @@ def train_unet(args, vae, device) -> tuple:
     unet, te, tok = comps["unet"].to(device).train(), comps["text_encoder"].to(device).train(), comps["tokenizer"]
     # a resumed run draws new batches, noise and dropouts rather than replaying the first run's
     stream = args.seed + (10_000 * len(args.previous_unet) if args.resume else 0)
-    # --fresh-images: new pictures too, so that a long continuation does not revisit the same 12,000. (It did
-    # not rescue the continuations tried so far: see "dead ends" in docs/world.md.)
+    # --fresh-images: new pictures too, so that a long continuation does not revisit the same 12,000
     data = world_buckets(args.images, (stream if args.fresh_images else args.seed) + 100)
     latents = encode_buckets(vae, data, device)
     ids = {k: caption_ids(tok, v["captions"]) for k, v in data.items()}

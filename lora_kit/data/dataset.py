@@ -14,7 +14,6 @@ before `iter(loader)` and keep `persistent_workers=False` (the default), or the 
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import hashlib
 import random
