@@ -33,12 +33,16 @@ def unet_target_modules(net: NetworkConfig) -> list[str]:
     return targets + [c for c in CONV_TARGETS if net.conv_rank and c not in targets]
 
 
+def conv_alpha(net: NetworkConfig) -> float:
+    """The ResNet convolutions' alpha: `conv_alpha`, or `conv_rank` when it is 0 (kohya's default, scale 1)."""
+    return net.conv_alpha or float(net.conv_rank)
+
+
 def _conv_patterns(net: NetworkConfig) -> tuple[dict, dict]:
     """peft rank_pattern / alpha_pattern giving the ResNet convolutions their own rank and alpha."""
     if not net.conv_rank:
         return {}, {}
-    alpha = net.conv_alpha or float(net.conv_rank)
-    return {c: net.conv_rank for c in CONV_TARGETS}, {c: alpha for c in CONV_TARGETS}
+    return {c: net.conv_rank for c in CONV_TARGETS}, {c: conv_alpha(net) for c in CONV_TARGETS}
 
 
 def _init(net: NetworkConfig):

@@ -14,6 +14,7 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 
 def train_info(trainer) -> dict:
     """Everything the kohya metadata builder and the publisher need to know about the run."""
+    from lora_kit.adapters.inject import conv_alpha
     from lora_kit.config.load import recipe_to_dict
     from lora_kit.train.optim import describe_optimizer
 
@@ -29,7 +30,7 @@ def train_info(trainer) -> dict:
         "network_args": {"target": r.network.target, "use_dora": r.network.use_dora, "init": r.network.init,
                          "train_text_encoder": r.network.train_text_encoder,
                          # kohya's own names, which its tools and Civitai read back
-                         **({"conv_dim": r.network.conv_rank, "conv_alpha": r.network.conv_alpha or float(r.network.conv_rank)}
+                         **({"conv_dim": r.network.conv_rank, "conv_alpha": conv_alpha(r.network)}
                             if r.network.conv_rank else {})},
         "training_started_at": trainer.started_at,
         "training_finished_at": time.time(),

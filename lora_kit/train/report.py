@@ -29,6 +29,8 @@ def trainable_parameters(trainer) -> int:
 
 
 def print_summary(trainer, file=sys.stdout) -> None:
+    from lora_kit.adapters.inject import conv_alpha
+
     r, b, d, acc = trainer.recipe, trainer.bundle, trainer.data, trainer.accelerator
     stats = d.stats
     hist = ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(stats.bucket_histogram.items()))
@@ -49,7 +51,7 @@ def print_summary(trainer, file=sys.stdout) -> None:
         + (f", text encoder lr {r.optimizer.text_encoder_lr:g}" if r.network.train_text_encoder else "")
         + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})",
         f"network     LoRA rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
-        + (f" + ResNet convs rank {r.network.conv_rank} alpha {r.network.conv_alpha or r.network.conv_rank:g}" if r.network.conv_rank else "")
+        + (f" + ResNet convs rank {r.network.conv_rank} alpha {conv_alpha(r.network):g}" if r.network.conv_rank else "")
         + (" + text encoder" if r.network.train_text_encoder else "")
         + f"; {trainable_parameters(trainer):,} trainable parameters",
         f"loss        {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "

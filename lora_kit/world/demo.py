@@ -108,17 +108,15 @@ def _score_cells(result, concept: str) -> list[dict]:
 def summarize(rows: list[dict]) -> dict:
     """{weight: {"concept": rate on trigger prompts, "shape"/"color": accuracy on prompts without it,
     "bleed": the concept seen on prompts without the trigger (a LoRA should keep it to its trigger)}}."""
+    def rate(group: list[dict], key: str) -> float:
+        return sum(r[key] for r in group) / max(1, len(group))
+
     out = {}
     for w in sorted({r["weight"] for r in rows}):
         trig = [r for r in rows if r["weight"] == w and r["trigger"]]
         plain = [r for r in rows if r["weight"] == w and not r["trigger"]]
-        out[w] = {
-            "concept": sum(r["concept"] for r in trig) / max(1, len(trig)),
-            "shape": sum(r["shape"] for r in plain) / max(1, len(plain)),
-            "color": sum(r["color"] for r in plain) / max(1, len(plain)),
-            "bleed": sum(r["concept"] for r in plain) / max(1, len(plain)),
-            "n": len(trig) + len(plain),
-        }
+        out[w] = {"concept": rate(trig, "concept"), "shape": rate(plain, "shape"), "color": rate(plain, "color"),
+                  "bleed": rate(plain, "concept"), "n": len(trig) + len(plain)}
     return out
 
 
