@@ -31,6 +31,14 @@ def test_run_writes_all_outputs(smoke_run):
     assert summary["num_train_images"] == 200  # 20 images x 10 repeats (kohya counting)
 
 
+def test_cached_frozen_modules_leave_the_accelerator(smoke_run):
+    """Latents and text embeddings cached: the VAE and text encoder are idle during the steps, so they are
+    kept off the accelerator (on a GPU; a no-op here); a trained or uncached text encoder stays."""
+    t, _ = smoke_run
+    assert t.data.latents_cached and t.data.text_cached
+    assert t.offloaded == [t.bundle.vae, *t.bundle.text_encoders]
+
+
 def test_alpha_differs_from_rank_in_both_files(smoke_run):
     _, out = smoke_run
     kohya = load_file(str(out / "tiny-smoke.safetensors"))
@@ -153,6 +161,7 @@ def test_text_encoder_lora_trains_and_exports(tmp_path):
     t = run_training(tmp_path, ["network.train_text_encoder=true", "network.text_encoder_rank=2", "network.text_encoder_alpha=1",
                                 "optimizer.text_encoder_lr=1e-3", "train.max_steps=2"])
     assert len(t.optimizer.param_groups) == 2 and t.data.text_cached is False
+    assert t.offloaded == [t.bundle.vae]  # the trained text encoder stays on the device
     kohya = load_file(str(tmp_path / "tiny-smoke.safetensors"))
     te_keys = [k for k in kohya if k.startswith("lora_te_")]
     assert te_keys and all(float(kohya[k]) == 1.0 for k in te_keys if k.endswith(".alpha"))
@@ -195,6 +204,7 @@ def test_sample_grids_during_training_do_not_change_training(tmp_path):
     events.Reload()
     assert "samples/grid" in events.Tags()["images"]
     assert plain.global_step == sampled.global_step == 4
+    assert sampled.offloaded == [sampled.bundle.vae]  # caption dropout: text encoded live, encoder stays
 
 
 @pytest.mark.parametrize("overrides", [

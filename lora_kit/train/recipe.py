@@ -39,6 +39,7 @@ class LoraTrainer:
         self.batch_in_epoch = 0
         self.started_at = time.time()
         self.seen_indices: list[int] = []  # dataset indices this process trained on (this invocation)
+        self.offloaded: list = []  # frozen modules moved off the accelerator once the caches cover them
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -58,6 +59,7 @@ class LoraTrainer:
         self._load_model()
         self._inject()
         self._build_data()
+        self._place_models()
         self._build_optimizer()
         self._register_checkpoint_hooks()
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, self.optimizer, self.lr_scheduler)
@@ -115,8 +117,7 @@ class LoraTrainer:
 
         set_seed(r.seed)
         self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype)
-        self.unet.to(self.accelerator.device)
-        for te in self.text_encoders:
+        for te in self.text_encoders:  # on the device for the text cache; the U-Net waits (_place_models)
             te.to(self.accelerator.device)
         if r.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -132,6 +133,18 @@ class LoraTrainer:
         per_epoch = math.ceil(len(self.data.sampler) / r.train.gradient_accumulation_steps)
         self.steps_per_epoch = max(per_epoch, 1)
         self.total_steps = r.train.max_steps or r.train.epochs * self.steps_per_epoch
+
+    def _place_models(self) -> None:
+        """The U-Net joins the accelerator only after the caches are built, so the VAE's full-resolution
+        encode does not share memory with it. Frozen modules whose every output is now cached leave the
+        accelerator (kohya's cache_latents / cache_text_encoder_outputs do the same): for SDXL that is
+        1.9 GB of text encoders and VAE. Sampling brings them back for its duration."""
+        from lora_kit.train.sampling import idle_frozen_modules
+
+        self.unet.to(self.accelerator.device)
+        self.offloaded = idle_frozen_modules(self.data, self.bundle, self.recipe)
+        for m in self.offloaded:
+            m.to("cpu")
 
     def _build_optimizer(self) -> None:
         from lora_kit.train.optim import build_lr_scheduler, build_optimizer, param_groups

@@ -56,7 +56,8 @@ def print_summary(trainer, file=sys.stdout) -> None:
         + f"; {trainable_parameters(trainer):,} trainable parameters",
         f"loss        {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "
         f"timesteps [{r.loss.min_timestep}, {r.loss.max_timestep})",
-        f"cache       latents {'on' if d.latents_cached else 'off'}; text {'on' if d.text_cached else 'off'}",
+        f"cache       latents {'on' if d.latents_cached else 'off'}; text {'on' if d.text_cached else 'off'}"
+        + (f"; {len(trainer.offloaded)} frozen module(s) kept on the CPU until sampling" if trainer.offloaded and acc.device.type != "cpu" else ""),
         "=" * 72,
     ]
     print("\n".join(lines), file=file, flush=True)
