@@ -91,8 +91,9 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reference(model: str, res: int, batch: int, steps: int, warmup: int) -> dict:
-    """diffusers' train_text_to_image_lora.py step, stripped of its argparse and logging."""
+def reference_step_fn(model: str, res: int, batch: int):
+    """diffusers' train_text_to_image_lora.py step, stripped of its argparse and logging: returns
+    (step function, device)."""
     import bitsandbytes as bnb
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -121,12 +122,8 @@ def reference(model: str, res: int, batch: int, steps: int, warmup: int) -> dict
     pixels = torch.randn(batch, 3, res, res, device=dev, dtype=dtype).clamp(-1, 1)
     ids = tok(["a red circle on a white background"] * batch, padding="max_length", max_length=tok.model_max_length,
               truncation=True, return_tensors="pt").input_ids.to(dev)
-    t0 = None
-    for step in range(warmup + steps):
-        if step == warmup:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+
+    def step() -> None:
         latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
         ts = torch.randint(0, 1000, (batch,), device=dev).long()
@@ -139,13 +136,29 @@ def reference(model: str, res: int, batch: int, steps: int, warmup: int) -> dict
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
+
+    return step, dev
+
+
+def reference(model: str, res: int, batch: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    step, dev = reference_step_fn(model, res, batch)
+    t0 = None
+    for k in range(warmup + steps):
+        if k == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     return {"images_per_s": steps * batch / dt, "peak_mb": peak_mb(dev), "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}
 
 
-def lora_kit_run(model: str, res: int, batch: int, steps: int, warmup: int, out: str) -> dict:
+def lora_kit_trainer(model: str, res: int, batch: int, max_steps: int, out: str):
+    """lora-kit's real LoraTrainer, set up (caches built) on the shipped star set at `res`."""
     import torch
 
     from lora_kit.config.load import load_recipe
@@ -155,33 +168,46 @@ def lora_kit_run(model: str, res: int, batch: int, steps: int, warmup: int, out:
     r = load_recipe("tiny-smoke", [
         f'model.pretrained="{model}"', f'output_dir="{out}"', f"buckets.resolution={res}", f"buckets.bucket_reso_steps={max(8, res // 8)}",
         f"buckets.min_bucket_reso={res // 2}", f"buckets.max_bucket_reso={res * 2}", f"train.batch_size={batch}",
-        f"train.max_steps={warmup + steps}", "network.rank=16", "network.alpha=16", "save.every_n_steps=0",
+        f"train.max_steps={max_steps}", "network.rank=16", "network.alpha=16", "save.every_n_steps=0",
         "log.tensorboard=false", "dataset.caption_dropout=0.0", f'train.mixed_precision="{"bf16" if gpu else "no"}"',
         f"train.gradient_checkpointing={'true' if gpu else 'false'}",
     ])
     t = LoraTrainer(r)
     t.setup()
+    return t
+
+
+def lora_kit_step(t, batch: dict, step: int) -> None:
+    """The loop body of LoraTrainer.train without logging: forward, backward, clip, optimizer step."""
     from lora_kit.train.step import forward_loss
 
+    acc = t.accelerator
+    with acc.accumulate(t.unet):
+        loss, _ = forward_loss(t.ctx, batch, step)
+        acc.backward(loss)
+        acc.clip_grad_norm_(t._trained_params(), 1.0)
+        t.optimizer.step()
+        t.optimizer.zero_grad()
+
+
+def lora_kit_run(model: str, res: int, batch: int, steps: int, warmup: int, out: str) -> dict:
+    import torch
+
+    gpu = torch.cuda.is_available()
+    t = lora_kit_trainer(model, res, batch, warmup + steps, out)
+    acc = t.accelerator
     # Setup builds the latent and text caches (the VAE encodes at full resolution): its peak is reported
     # apart, and the training peak is measured from here on, which is what a long run holds.
-    setup_peak = peak_mb(t.accelerator.device)
+    setup_peak = peak_mb(acc.device)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-
-    acc = t.accelerator
     t0, done = None, 0
     for batch_ in t.data.batches(0):
         if done == warmup:
             if gpu:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        with acc.accumulate(t.unet):
-            loss, _ = forward_loss(t.ctx, batch_, done)
-            acc.backward(loss)
-            acc.clip_grad_norm_(t._trained_params(), 1.0)
-            t.optimizer.step()
-            t.optimizer.zero_grad()
+        lora_kit_step(t, batch_, done)
         done += 1
         if done == warmup + steps:
             break

@@ -51,6 +51,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[dataset]\npath="x"\n[optimizer]\nname="prodigy"\nlr=1e-4\n', "[optimizer] lr: Prodigy adapts the step size itself: set lr = 1.0"),
         ('[dataset\npath="x"\n', "r.toml: not valid TOML"),
         ('[dataset]\npath="x"\n[network]\nconv_rank=-1\n', "[network] conv_rank: expected conv_rank >= 0"),
+        ('[dataset]\npath="x"\n[cache]\nvae_batch_size=-2\n', "[cache] vae_batch_size: expected 0 (auto: 2 megapixels per encode)"),
         ('[dataset]\npath="x"\n[network]\nconv_rank=4\nuse_dora=true\n', "[network] conv_rank: conv_rank with use_dora = true"),
     ],
 )

@@ -199,13 +199,30 @@ def test_two_processes_split_the_work_without_gaps(tmp_path, vae):
     items.append(LatentItem(latent_key("bad", Placement((32, 32), (32, 32), 0, 0, (32, 32)), False, "v"), undecodable, (32, 32)))
     cache = LatentCache(tmp_path, "v" * 64)
     # rank 1 runs first; rank 0 checks the cache later and already sees rank 1's files
-    r1 = precompute_latents(items, vae, cache, batch_size=4, num_processes=2, process_index=1)
-    r0 = precompute_latents(items, vae, cache, batch_size=4, num_processes=2, process_index=0)
+    r1 = precompute_latents(items, vae, cache, vae_batch_size=4, num_processes=2, process_index=1)
+    r0 = precompute_latents(items, vae, cache, vae_batch_size=4, num_processes=2, process_index=0)
     assert r0["computed"] + r1["computed"] == 12 and r0["computed"] > 0 and r1["computed"] > 0
     assert len(r0["failed"]) + len(r1["failed"]) == 1  # the undecodable item is reported, not fatal
     assert all(cache.has(it.key) for it in items[:12]) and not cache.has(items[12].key)
-    again = precompute_latents(items, vae, cache, batch_size=4)
+    again = precompute_latents(items, vae, cache, vae_batch_size=4)
     assert again["computed"] == 0 and again["cached"] == 12 and len(again["failed"]) == 1
+
+
+def test_vae_batch_size_auto_and_batching_does_not_change_latents(tmp_path, vae):
+    from lora_kit.data.cache import LatentItem, precompute_latents, vae_batch_for
+
+    # auto: 2 megapixels per encode (SDXL's fp32 VAE at 1024 px holds ~1.5 GB per image), at most 8
+    assert [vae_batch_for(b, 0) for b in ((512, 512), (768, 768), (1024, 1024), (2048, 2048), (64, 64))] == [8, 3, 2, 1, 8]
+    assert vae_batch_for((1024, 1024), 5) == 5
+    items = [LatentItem(latent_key(f"img{i}", Placement((32, 32), (32, 32), 0, 0, (32, 32)), False, "v"),
+                        lambda i=i: torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1, (32, 32))
+             for i in range(5)]
+    one, four = LatentCache(tmp_path / "one", "v" * 64), LatentCache(tmp_path / "four", "v" * 64)
+    assert precompute_latents(items, vae, one, vae_batch_size=1)["computed"] == 5
+    assert precompute_latents(items, vae, four, vae_batch_size=4)["computed"] == 5
+    for it in items:
+        a, b = one.load(it.key), four.load(it.key)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
 def test_damage_the_scan_cannot_see_drops_the_image(data_dir, vae):

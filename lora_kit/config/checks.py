@@ -43,6 +43,8 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[buckets] min_bucket_reso/max_bucket_reso", f"resolution {b.resolution} must lie between them ({b.min_bucket_reso}..{b.max_bucket_reso})")
     if not 0 <= r.loss.min_timestep < r.loss.max_timestep <= 1000:
         _fail(r, "[loss] min_timestep/max_timestep", "expected 0 <= min_timestep < max_timestep <= 1000")
+    if r.cache.vae_batch_size < 0:
+        _fail(r, "[cache] vae_batch_size", "expected 0 (auto: 2 megapixels per encode) or an integer >= 1")
     if r.loss.min_snr_gamma < 0:
         _fail(r, "[loss] min_snr_gamma", "expected 0 (off) or a positive number such as 5")
     if r.train.batch_size < 1 or r.train.gradient_accumulation_steps < 1:

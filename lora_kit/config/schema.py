@@ -66,6 +66,9 @@ class CacheConfig:
     latents: bool = True  # VAE latents cached on disk (safetensors), keyed by content hash + bucket + crop + flip + VAE
     text: Literal["auto", "on", "off"] = "auto"  # auto: cache only when captions are static
     dir: str = ""  # default: <lora-kit cache>/cache
+    # Images per VAE encode while caching (kohya vae_batch_size). 0 = auto: 2 megapixels per encode
+    # (8 images at 512 px, 2 at 1024): SDXL's fp32 VAE holds ~1.5 GB of activations per 1024-px image.
+    vae_batch_size: int = 0
 
 
 @dataclass

@@ -193,11 +193,21 @@ def encode_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return dist.mean, dist.std
 
 
+AUTO_VAE_PIXELS = 2 * 1024 * 1024  # pixels per VAE encode when vae_batch_size is 0 (auto)
+
+
+def vae_batch_for(group: tuple, vae_batch_size: int) -> int:
+    """Images per encode for a bucket (W, H): the user's number, or as many as fit in AUTO_VAE_PIXELS."""
+    if vae_batch_size:
+        return vae_batch_size
+    return max(1, min(8, AUTO_VAE_PIXELS // (group[0] * group[1])))
+
+
 def precompute_latents(
     items: Sequence[LatentItem],
     vae,
     cache: LatentCache,
-    batch_size: int = 8,
+    vae_batch_size: int = 0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     num_processes: int = 1,
@@ -218,7 +228,8 @@ def precompute_latents(
         groups.setdefault(it.group, []).append(it)
     failed: list[str] = []
     bar = tqdm(total=len(mine), desc="caching latents", unit="img", disable=not mine)
-    for group in groups.values():
+    for bucket, group in groups.items():
+        batch_size = vae_batch_for(bucket, vae_batch_size)
         for start in range(0, len(group), batch_size):
             chunk, pixels = _render_chunk(group[start:start + batch_size], failed)
             if chunk:

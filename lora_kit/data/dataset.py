@@ -234,7 +234,7 @@ def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_
             items.append(LatentItem(k, functools.partial(render_pixels, s.record, s.placement, f), s.placement.bucket))
     if process_index == 0:
         cache.hasher.save()
-    result = precompute_latents(items, vae, cache, 8, device, dtype, num_processes, process_index)
+    result = precompute_latents(items, vae, cache, recipe.cache.vae_batch_size, device, dtype, num_processes, process_index)
     if barrier is not None:
         barrier()
     # After the barrier every process sees the same files: an entry still missing failed to decode on
