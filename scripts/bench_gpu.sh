@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU rows of docs/benchmarks.md in one run (issues 3 and 8), on a machine that has torch, peft,
 # accelerate and transformers but no diffusers or bitsandbytes: those (and importlib_metadata, tomli_w,
-# open_clip_torch for the CLIP vocabulary, peft 0.21) come as wheels from .whl/ (see docs/benchmarks.md).
+# open_clip_torch for the CLIP vocabulary, peft 0.21) come as wheels from .whl/, written by
+# scripts/fetch_gpu_wheels.sh (see docs/benchmarks.md).
 #   bash scripts/bench_gpu.sh [OUTDIR]
 set -uo pipefail
 out=${1:-${OUT:-/tmp/bench-gpu}}
