@@ -256,7 +256,8 @@ def main() -> None:
         (side, r), = results.items()
         print(f"\n{name}, {a.resolution} px, batch {a.batch}, {a.steps} timed steps on {r['device']}: "
               f"{side} {r['images_per_s']:.2f} images/s, peak {r['peak_mb']:.0f} MiB"
-              + (f" (setup incl. caching: {r['setup_peak_mb']:.0f} MiB; {r['offloaded']} frozen modules off the GPU)" if "offloaded" in r else ""))
+              + (f" (setup incl. caching: {r['setup_peak_mb']:.0f} MiB)" if "setup_peak_mb" in r else "")
+              + (f"; {r['offloaded']} frozen modules kept off the GPU" if r.get("offloaded") and r["device"] != "cpu" else ""))
         print("RESULTS " + json.dumps(results))
         return
     ref, ours = results["reference"], results["lora-kit"]
