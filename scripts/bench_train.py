@@ -91,6 +91,25 @@ def peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, warmup: int, steps: int, device) -> float:
+    """Seconds per call of `step(k)` over `steps` calls after `warmup` untimed ones (device synced at both ends)."""
+    for k in range(warmup):
+        step(k)
+    sync(device)
+    t0 = time.perf_counter()
+    for k in range(warmup, warmup + steps):
+        step(k)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def reference_step_fn(model: str, res: int, batch: int):
     """diffusers' train_text_to_image_lora.py step, stripped of its argparse and logging: returns
     (step function, device)."""
@@ -123,7 +142,7 @@ def reference_step_fn(model: str, res: int, batch: int):
     ids = tok(["a red circle on a white background"] * batch, padding="max_length", max_length=tok.model_max_length,
               truncation=True, return_tensors="pt").input_ids.to(dev)
 
-    def step() -> None:
+    def step(_k: int = 0) -> None:
         latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
         ts = torch.randint(0, 1000, (batch,), device=dev).long()
@@ -145,17 +164,8 @@ def reference(model: str, res: int, batch: int, steps: int, warmup: int) -> dict
     import torch
 
     step, dev = reference_step_fn(model, res, batch)
-    t0 = None
-    for k in range(warmup + steps):
-        if k == warmup:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": steps * batch / dt, "peak_mb": peak_mb(dev), "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}
+    dt = time_steps(step, warmup, steps, dev)
+    return {"images_per_s": batch / dt, "peak_mb": peak_mb(dev), "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}
 
 
 def lora_kit_trainer(model: str, res: int, batch: int, max_steps: int, out: str):
@@ -178,17 +188,22 @@ def lora_kit_trainer(model: str, res: int, batch: int, max_steps: int, out: str)
     return t
 
 
-def lora_kit_step(t, batch: dict, step: int) -> None:
-    """The loop body of LoraTrainer.train without logging: forward, backward, clip, optimizer step."""
+def lora_kit_step(t, batch: dict, step: int, mark=None) -> None:
+    """The loop body of LoraTrainer.train without logging: forward, backward, clip, optimizer step.
+    `mark(phase)`, if given, is called as each phase ends (profile_train.py times them)."""
     from lora_kit.train.step import forward_loss
 
+    mark = mark or (lambda phase: None)
     acc = t.accelerator
     with acc.accumulate(t.unet):
         loss, _ = forward_loss(t.ctx, batch, step)
+        mark("forward")
         acc.backward(loss)
+        mark("backward")
         acc.clip_grad_norm_(t._trained_params(), 1.0)
         t.optimizer.step()
         t.optimizer.zero_grad()
+        mark("optimizer")
 
 
 def lora_kit_run(model: str, res: int, batch: int, steps: int, warmup: int, out: str) -> dict:
@@ -202,20 +217,9 @@ def lora_kit_run(model: str, res: int, batch: int, steps: int, warmup: int, out:
     setup_peak = peak_mb(acc.device)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    t0, done = None, 0
-    for batch_ in t.data.batches(0):
-        if done == warmup:
-            if gpu:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        lora_kit_step(t, batch_, done)
-        done += 1
-        if done == warmup + steps:
-            break
-    if gpu:
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"images_per_s": steps * batch / dt, "peak_mb": peak_mb(acc.device), "setup_peak_mb": setup_peak,
+    batches = t.data.batches(0)  # the real iterator: loading batches from the cache is part of every step
+    dt = time_steps(lambda k: lora_kit_step(t, next(batches), k), warmup, steps, acc.device)
+    return {"images_per_s": batch / dt, "peak_mb": peak_mb(acc.device), "setup_peak_mb": setup_peak,
             "device": torch.cuda.get_device_name() if gpu else "cpu", "offloaded": len(t.offloaded)}
 
 

@@ -21,34 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train as bt  # noqa: E402
 
 
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def phase_times(t, batches, n: int, start: int) -> dict:
     """Seconds per phase over the next `n` batches of the real batch iterator, with a sync after each phase."""
-    from lora_kit.train.step import forward_loss
-
-    acc = t.accelerator
+    dev = t.accelerator.device
     out = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    clock = [0.0]
+
+    def mark(phase: str) -> None:
+        bt.sync(dev)
+        now = time.perf_counter()
+        out[phase] += now - clock[0]
+        clock[0] = now
+
     for k in range(n):
-        t0 = time.perf_counter()
+        clock[0] = time.perf_counter()
         batch = next(batches)
-        sync(); t1 = time.perf_counter()
-        with acc.accumulate(t.unet):
-            loss, _ = forward_loss(t.ctx, batch, start + k)
-            sync(); t2 = time.perf_counter()
-            acc.backward(loss)
-            sync(); t3 = time.perf_counter()
-            acc.clip_grad_norm_(t._trained_params(), 1.0)
-            t.optimizer.step()
-            t.optimizer.zero_grad()
-            sync(); t4 = time.perf_counter()
-        for name, a, b in (("data", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("optimizer", t3, t4)):
-            out[name] += b - a
+        mark("data")
+        bt.lora_kit_step(t, batch, start + k, mark)
     return out
 
 
@@ -81,14 +70,7 @@ def main() -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     gen = t.data.batches(0)  # the real iterator: loading batches from the cache is part of every step
-    for k in range(3):
-        bt.lora_kit_step(t, next(gen), k)
-    sync()
-    t0 = time.perf_counter()
-    for k in range(3, 3 + n):
-        bt.lora_kit_step(t, next(gen), k)
-    sync()
-    free = (time.perf_counter() - t0) / n
+    free = bt.time_steps(lambda k: bt.lora_kit_step(t, next(gen), k), 3, n, dev)
     phases = phase_times(t, gen, n, 3 + n)
     total = sum(phases.values()) / n
     print(f"\n{model if not (a.sd15 or a.sdxl) else ('SD1.5-sized' if a.sd15 else 'SDXL-sized')}, {a.resolution} px, batch {a.batch}, "
@@ -100,19 +82,10 @@ def main() -> None:
 
 
 def profile_reference(model: str, res: int, batch: int, n: int) -> None:
-    import torch
-
     step, dev = bt.reference_step_fn(model, res, batch)
-    for _ in range(3):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    sync()
-    free = (time.perf_counter() - t0) / n
+    free = bt.time_steps(step, 3, n, dev)
     print(f"\nreference, {res} px, batch {batch}: step {free * 1000:.1f} ms ({batch / free:.2f} images/s), peak {bt.peak_mb(dev):.0f} MiB")
-    print_profile(lambda k: step(), dev)
+    print_profile(step, dev)
 
 
 def print_profile(step, dev) -> None:
@@ -123,7 +96,7 @@ def print_profile(step, dev) -> None:
     with profile(activities=acts) as prof:
         for k in range(2):
             step(k)
-        sync()
+        bt.sync(dev)
     key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
     if dev.type == "cuda":
