@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 from lora_kit.adapters import names
 from lora_kit.errors import UserError
+from lora_kit.models.family import FAMILIES, SD1, SD2, SD2V, SDXL  # noqa: F401 (re-exported: formats.SDXL ...)
 
-SD1, SD2, SD2V, SDXL = "sd1", "sd2", "sd2v", "sdxl"
-FAMILIES = (SD1, SD2, SD2V, SDXL)
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 _PEFT_KEY = re.compile(r"^(?P<mod>.+?)\.(?:(?P<ab>lora_[AB])(?:\.[\w-]+)?\.weight|(?P<mag>lora_magnitude_vector)(?:\.[\w-]+)?(?:\.weight)?|(?P<alpha>alpha))$")
 _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}

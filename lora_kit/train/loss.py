@@ -47,7 +47,8 @@ def target_for(prediction_type: str, latents, noise, timesteps, alphas_cumprod) 
 
 
 def snr(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    a = alphas_cumprod.to(torch.float32)[timesteps.cpu()]
+    # Indexed where the schedule lives (the device, in training): a `.cpu()` here would stall every step.
+    a = alphas_cumprod.to(torch.float32)[timesteps.to(alphas_cumprod.device)]
     return a / (1.0 - a)
 
 

@@ -70,22 +70,32 @@ def progress_bar(trainer, enabled: bool):
 
 
 class StepMeter:
-    """Loss and throughput between two logged steps."""
+    """Loss and throughput between two logged steps.
+
+    The loss is summed on the device and read once per log interval: reading it every step (`float(loss)`)
+    would make the host wait for the device at every step."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.losses, self.images, self.t0 = [], 0, time.perf_counter()
+        self.loss_sum, self.count, self.images, self.t0 = None, 0, 0, time.perf_counter()
 
     def add(self, loss: torch.Tensor, images: int) -> None:
-        self.losses.append(float(loss))
+        loss = loss.detach()
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.count += 1
         self.images += images
 
-    def read(self) -> tuple[float, float]:
+    def read(self, reduce=None) -> tuple[float, float]:
+        """(mean loss, images/s) since the last reset; `reduce` (accelerator.reduce) averages over processes."""
         dt = max(time.perf_counter() - self.t0, 1e-9)
-        loss = sum(self.losses) / max(len(self.losses), 1)
-        return loss, self.images / dt
+        if self.loss_sum is None:
+            return float("nan"), 0.0
+        mean = self.loss_sum / self.count
+        if reduce is not None:
+            mean = reduce(mean, reduction="mean")
+        return float(mean), self.images / dt
 
 
 def peak_memory_mb(device) -> float:
@@ -95,17 +105,15 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def log_step(trainer, meter: StepMeter, grad_norm, bar) -> None:
-    acc, r, s = trainer.accelerator, trainer.recipe, trainer.global_step
-    loss, ips = meter.read()
-    bar.update(1)
+def log_step(acc, step: int, meter: StepMeter, grad_norm, optimizer, lr_scheduler, bar) -> float:
+    """Read the meter (every process takes part in the reduction), show it, log it; returns the mean loss."""
+    loss, ips = meter.read(acc.reduce if acc.num_processes > 1 else None)
     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}")
-    trainer.last_loss = loss
-    if s % r.log.every_n_steps == 0 or s == trainer.total_steps:
-        logs = {"train/loss": loss, "perf/images_per_s": ips, "perf/peak_memory_mb": peak_memory_mb(acc.device)}
-        for group, lr in zip(trainer.optimizer.param_groups, trainer.lr_scheduler.get_last_lr()):
-            logs[f"lr/{group.get('name', 'group')}"] = lr
-        if grad_norm is not None:
-            logs["train/grad_norm"] = float(grad_norm)
-        acc.log(logs, step=s)
-        meter.reset()
+    logs = {"train/loss": loss, "perf/images_per_s": ips, "perf/peak_memory_mb": peak_memory_mb(acc.device)}
+    for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr()):
+        logs[f"lr/{group.get('name', 'group')}"] = lr
+    if grad_norm is not None:
+        logs["train/grad_norm"] = float(grad_norm)
+    acc.log(logs, step=step)
+    meter.reset()
+    return loss

@@ -4,6 +4,11 @@ Randomness is per sample, from a generator seeded by (run seed, global step, dat
 the noise and timestep of a sample independent of which process or which batch position it lands in:
 a resumed run draws exactly what the uninterrupted run drew, and a 2-process run with the same global
 batch computes the same loss terms as a 1-process run.
+
+The step never waits for the device: the per-sample draws are made on the CPU (CPU generators are what
+make them reproducible on any device) into one buffer per kind, and each buffer goes to the device in one
+non-blocking copy from pinned memory. Nothing reads a device value back (no `.item()`, no `.cpu()`): the
+loop reads the loss at its log interval only. tests/test_step_trace.py checks both on the op trace.
 """
 
 from __future__ import annotations
@@ -41,27 +46,38 @@ class StepContext:
     prior_loss_weight: float = 1.0
 
 
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One host-to-device copy that does not stall the host: from pinned memory, non-blocking, on CUDA."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, dtype or t.dtype, non_blocking=True)
+
+
+def draw_noise(gens: list[torch.Generator], shape: tuple, noise_offset: float) -> torch.Tensor:
+    """(B, *shape) float32 noise on the CPU, sample j from gens[j] (the draws `sample_noise` makes per sample)."""
+    like = torch.empty((1, *shape))
+    return torch.cat([sample_noise(like, g, noise_offset) for g in gens])
+
+
 def batch_latents(ctx: StepContext, batch: dict, gens: list[torch.Generator]) -> torch.Tensor:
     """Scaled latents: from the cache (sampled and scaled by the dataset), or encoded now (VAE frozen)."""
     if "latents" in batch:
-        return batch["latents"].to(ctx.device, ctx.weight_dtype)
+        return to_device(batch["latents"], ctx.device, ctx.weight_dtype)
     from lora_kit.data.cache import scale_latents
 
     vae = ctx.vae
-    px = batch["pixel_values"].to(ctx.device, vae.dtype)
+    px = to_device(batch["pixel_values"], ctx.device, vae.dtype)
     with torch.no_grad():
         dist = vae.encode(px).latent_dist
-    eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(dist.mean.device)
-    lat = (dist.mean + dist.std * eps).float()
+    eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
+    lat = (dist.mean + dist.std * to_device(eps, dist.mean.device)).float()
     return scale_latents(lat, vae.config).to(ctx.weight_dtype)
 
 
 def batch_conditioning(ctx: StepContext, batch: dict) -> dict[str, torch.Tensor]:
     if "prompt_embeds" in batch:  # static captions, cached by the data pipeline
-        cond = {k: batch[k].to(ctx.device, ctx.weight_dtype) for k in ("prompt_embeds", "pooled_prompt_embeds") if k in batch}
-    else:
-        cond = encode_prompts(ctx.text_encoders, ctx.tokenizers, list(batch["caption"]), sdxl=ctx.sdxl, clip_skip=ctx.clip_skip, device=ctx.device)
-    return cond
+        return {k: to_device(batch[k], ctx.device, ctx.weight_dtype) for k in ("prompt_embeds", "pooled_prompt_embeds") if k in batch}
+    return encode_prompts(ctx.text_encoders, ctx.tokenizers, list(batch["caption"]), sdxl=ctx.sdxl, clip_skip=ctx.clip_skip, device=ctx.device)
 
 
 def unet_kwargs(ctx: StepContext, batch: dict, cond: dict) -> dict:
@@ -70,30 +86,30 @@ def unet_kwargs(ctx: StepContext, batch: dict, cond: dict) -> dict:
         time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
         kw["added_cond_kwargs"] = {
             "text_embeds": cond["pooled_prompt_embeds"].to(ctx.weight_dtype),
-            "time_ids": time_ids.to(ctx.device, ctx.weight_dtype),
+            "time_ids": to_device(time_ids, ctx.device, ctx.weight_dtype),
         }
     return kw
 
 
 def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one batch; `fixed_timesteps` (validation) overrides the sampled ones."""
-    indices = [int(i) for i in batch["index"]]
+    indices = batch["index"].tolist()  # a host list, read without a per-element scalar op
     gens = [sample_generator(ctx.seed, step, i) for i in indices]
-    latents = batch_latents(ctx, batch, gens)
-    noise = torch.cat([sample_noise(latents[j : j + 1], g, ctx.noise_offset) for j, g in enumerate(gens)])
+    latents = batch_latents(ctx, batch, gens)  # draws the VAE sample first when encoding now
+    noise = to_device(draw_noise(gens, tuple(latents.shape[1:]), ctx.noise_offset), ctx.device, latents.dtype)
     if fixed_timesteps is None:
         t = torch.cat([sample_timesteps(1, g, ctx.min_timestep, ctx.max_timestep) for g in gens])
     else:
-        t = fixed_timesteps.expand(latents.shape[0]).clone()
-    t = t.to(ctx.device)
+        t = fixed_timesteps.expand(len(indices)).clone()
+    t = to_device(t, ctx.device)
     noisy = add_noise(latents, noise, t, ctx.alphas_cumprod)
     cond = batch_conditioning(ctx, batch)
     pred = ctx.unet(noisy, t, **unet_kwargs(ctx, batch, cond)).sample
     target = target_for(ctx.prediction_type, latents, noise, t, ctx.alphas_cumprod)
-    is_reg = torch.as_tensor(batch.get("is_reg", [False] * len(indices)))
+    is_reg = batch.get("is_reg")
     loss = diffusion_loss(
         pred, target, t, ctx.alphas_cumprod,
         prediction_type=ctx.prediction_type, min_snr_gamma=ctx.min_snr_gamma,
-        is_reg=is_reg, prior_loss_weight=ctx.prior_loss_weight,
+        is_reg=None if is_reg is None else to_device(is_reg, ctx.device), prior_loss_weight=ctx.prior_loss_weight,
     )
-    return loss, {"timesteps": t, "batch_size": latents.shape[0]}
+    return loss, {"timesteps": t, "batch_size": len(indices)}
