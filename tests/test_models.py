@@ -89,3 +89,42 @@ def test_sdxl_training_conditioning_equals_pipeline():
     embeds, _, pooled, _ = pipe.encode_prompt("a red circle", device="cpu", do_classifier_free_guidance=False)
     torch.testing.assert_close(ours["prompt_embeds"], embeds)
     torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled)
+
+
+def test_adapter_export_infers_family_from_unet_config(tmp_path):
+    """Without info["family"], an SDXL adapter is written as SDXL (Stability key names, sdxl metadata), not sd_v1."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors import safe_open
+
+    from lora_kit.adapters import io
+
+    unet = build_components("tiny-sdxl", seed=0)["unet"]
+    cfg = LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k"])
+    unet.add_adapter(cfg)
+    sd = get_peft_model_state_dict(unet)
+
+    def export(info, sub):
+        f = io.write_adapter_files(tmp_path / sub, "x", sd, [], info, unet_config=cfg, unet_model_config=dict(unet.config))
+        with safe_open(str(f["kohya"]), "pt") as h:
+            return set(h.keys()), h.metadata()
+
+    keys, meta = export({"output_name": "x"}, "inferred")
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert any(k.startswith("lora_unet_input_blocks_") for k in keys)  # sgm names, as A1111 loads SDXL
+    given_keys, given_meta = export({"output_name": "x", "family": "sdxl"}, "given")
+    assert keys == given_keys and meta["ss_base_model_version"] == given_meta["ss_base_model_version"]
+
+
+def test_family_table_is_the_one_source():
+    from lora_kit.adapters import formats, metadata
+    from lora_kit.models import family
+
+    assert formats.SDXL is family.SDXL and formats.FAMILIES == family.FAMILIES
+    assert metadata.BASE_MODEL_VERSION["sd2v"] == "sd_v2_v" and metadata.DEFAULT_RESOLUTION == family.NATIVE_SIZE
+    assert family.family("sdxl").fp32_vae and not family.family("sd1").fp32_vae
+    with pytest.raises(UserError, match="unknown model family 'sd3'"):
+        family.family("sd3")
+    # an SD1-architecture v-prediction model is sd2v (the tiny SD2-v preset's U-Net is SD1-sized)
+    assert family.detect_family({"cross_attention_dim": 32}, {"prediction_type": "v_prediction"}) == "sd2v"
+    assert family.model_native_size({"sample_size": [12, 20]}, 4) == (80, 48)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lora_kit.adapters import formats, hashes, metadata as md, names
 from lora_kit.errors import UserError
+from lora_kit.models.family import detect_family
 
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -209,9 +210,11 @@ def write_adapter_files(out_dir, name: str, unet_sd: dict, te_sds: list, info: d
     for i, sd in enumerate(te_sds or []):
         comp = formats.COMPONENTS[1 + i]
         alphas.update(formats.alphas_from_lora_config(text_encoder_config, comp, formats.normalize_peft_sd(sd, True)))
-    family = info.get("family")
+    # Without a family the U-Net config tells (an SDXL adapter must not be labelled sd_v1 with SD1 key names).
+    sched = {"prediction_type": info.get("prediction_type")}  # the scheduler's value, "v_prediction" or "epsilon"
+    family = info.get("family") or (detect_family(dict(unet_model_config), sched) if unet_model_config else None)
     parsed = formats.from_peft(unet_sd, te_sds, alphas, family, unet_model_config)
-    meta = md.build_kohya_metadata(info)
+    meta = md.build_kohya_metadata({**info, "family": family} if family else info)
     out_dir = Path(out_dir)
     files = {}
     if parsed.uses_dora:

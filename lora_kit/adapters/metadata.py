@@ -13,19 +13,18 @@ import json
 import os
 import re
 
-from lora_kit.adapters.formats import SD1, SD2, SD2V, SDXL
+from lora_kit.models.family import (  # noqa: F401 (the family table, re-exported under its old names)
+    ARCHITECTURE,
+    BASE_MODEL_VERSION,
+    IMPLEMENTATION,
+    NATIVE_SIZE as DEFAULT_RESOLUTION,
+    SD1,
+    SD2,
+    SD2V,
+    SDXL,
+)
 
 MODELSPEC_VERSION = "1.0.1"
-BASE_MODEL_VERSION = {SD1: "sd_v1", SD2: "sd_v2", SD2V: "sd_v2_v", SDXL: "sdxl_base_v1-0"}
-ARCHITECTURE = {
-    SD1: "stable-diffusion-v1",
-    SD2: "stable-diffusion-v2-512",
-    SD2V: "stable-diffusion-v2-768-v",
-    SDXL: "stable-diffusion-xl-v1-base",
-}
-# kohya: the Stability implementation for SDXL LoRA (sgm block names), diffusers for SD1/SD2 LoRA.
-IMPLEMENTATION = {SDXL: "https://github.com/Stability-AI/generative-models"}
-DEFAULT_RESOLUTION = {SD1: 512, SD2: 512, SD2V: 768, SDXL: 1024}
 RECIPE_KEY = "lora_kit.recipe"
 _SECRET = re.compile(r"token|password|passwd|secret|api_?key|credential", re.IGNORECASE)
 _TOKEN_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,})$")
