@@ -110,9 +110,9 @@ def test_template_fields_from_a_kohya_folder(tmp_path):
     assert cap.render(item) == "ohwx|sks star|sks star|red_circle_01|red circle|10"
     assert cap.render(plain) == "ohwx||cats|a|a|1"
     nested = make_item(tmp_path / "5_ohwx dog", tmp_path / "5_ohwx dog" / "2_cat" / "x" / "b.png")
-    assert (nested.folder, nested.class_tokens, nested.repeats) == ("x", "cat", 2)
+    assert (nested.parent_folder, nested.class_tokens, nested.repeats) == ("x", "cat", 2)
     at_root = make_item(tmp_path / "5_ohwx dog", tmp_path / "5_ohwx dog" / "b.png")
-    assert (at_root.rel, at_root.folder, at_root.class_tokens, at_root.repeats) == ("b.png", "ohwx dog", "ohwx dog", 5)
+    assert (at_root.rel, at_root.parent_folder, at_root.class_tokens, at_root.repeats) == ("b.png", "ohwx dog", "ohwx dog", 5)
     with pytest.raises(UserError, match="unknown template field"):
         TemplateCaptioner("{trigger}, {klass}")
 

@@ -19,7 +19,8 @@ from lora_kit.captioning.base import Caption, Captioner
 from lora_kit.captioning.edit import EditRules, edit_tags, merge_tags
 from lora_kit.captioning.scan import ImageItem, scan_dataset
 from lora_kit.captioning.store import ProgressLog, all_captions, make_store, run_signature
-from lora_kit.data.images import SkipCounter, is_image_file, try_load_image
+from lora_kit.data.images import SkipCounter, try_load_image
+from lora_kit.data.layout import is_image_file
 from lora_kit.data.tags import join_tags, split_tags, tag_frequency
 from lora_kit.errors import UserError
 
@@ -131,7 +132,7 @@ def _loaded_batches(pool: ThreadPoolExecutor, pending: list[ImageItem], size: in
 def _scan(root: Path, store) -> list[ImageItem]:
     """The dataset's images; of several sharing one sidecar (a.png, a.jpg) only the first is kept."""
     items, owners = [], {}
-    for item in scan_dataset(root):
+    for item in scan_dataset(root, getattr(store, "extension", ".txt")):
         key = store.path_for(item) if hasattr(store, "path_for") else item.rel
         if key in owners:
             log.warning("%s and %s would share one caption file; only the first is captioned", owners[key], item.rel)

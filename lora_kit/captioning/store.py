@@ -1,5 +1,10 @@
 """Where captions live: `.txt`/`.caption` sidecars or an imagefolder `metadata.jsonl`, plus a progress log.
 
+Captions are read with the trainer's rules (lora_kit.data.layout): a sidecar's caption is its first
+non-empty line, `extension` first then the other sidecar extension, text decoded the same way. A caption
+is written as one line; other lines of a sidecar it replaces are kept after it (training ignores them,
+but they are the user's).
+
 Every file is replaced atomically (lora_kit.utils.atomic_write_text: temp file in the same folder +
 os.replace, permissions from the umask), so a killed run leaves each caption old or new, never
 half-written. The progress log makes a run resumable in every write mode: it is appended one line per
@@ -16,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from lora_kit.captioning.scan import ImageItem
+from lora_kit.data.layout import first_line, read_text, sidecar_order
 from lora_kit.errors import UserError
 from lora_kit.utils import atomic_write_text
 
@@ -37,16 +43,28 @@ class SidecarStore:
         self.extension = extension
 
     def path_for(self, item: ImageItem) -> Path:
-        return item.path.with_suffix(self.extension)
+        return Path(item.path).with_suffix(self.extension)
+
+    def _label(self, p: Path) -> str:
+        return f"caption file {p.relative_to(self.root).as_posix()}" if p.is_relative_to(self.root) else p.name
 
     def existing(self, item: ImageItem) -> str | None:
-        p = self.path_for(item)
-        if not p.is_file():
-            return None
-        return p.read_text(encoding="utf-8", errors="replace").strip()
+        """The caption training reads for this image (layout.read_caption's order), None without one."""
+        image = Path(item.path)
+        for ext in sidecar_order(self.extension):
+            p = image.with_suffix(ext)
+            if p.is_file():
+                return first_line(read_text(p, self._label(p)))
+        return None
 
     def write(self, item: ImageItem, text: str) -> None:
-        atomic_write_text(self.path_for(item), text + "\n")
+        p = self.path_for(item)
+        rest: list[str] = []
+        if p.is_file():  # keep the lines after the caption line (e.g. kohya wildcard alternatives)
+            lines = read_text(p, self._label(p)).splitlines()
+            first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+            rest = lines[first + 1:] if first is not None and any(ln.strip() for ln in lines[first + 1:]) else []
+        atomic_write_text(p, "\n".join([text, *rest]) + "\n")
 
     def restore(self, item: ImageItem, text: str) -> None:
         """A caption logged by an interrupted run is already on disk (the log is written after it)."""
@@ -74,7 +92,7 @@ class JsonlStore:
         self.records: dict[str, dict] = {}
         self.dirty = False
         if self.path.is_file():
-            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(read_text(self.path, METADATA_FILE).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lora_kit.config.bucket_rules import bucket_problems
 from lora_kit.config.schema import Recipe
 from lora_kit.errors import UserError
 
@@ -36,11 +37,8 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[dataset] keep_tokens", "expected an integer >= 0")
     if r.dataset.repeats < 1 or r.dataset.reg_repeats < 1:
         _fail(r, "[dataset] repeats", "expected an integer >= 1")
-    b = r.buckets
-    if b.bucket_reso_steps < 8 or b.bucket_reso_steps % 8:
-        _fail(r, "[buckets] bucket_reso_steps", f"expected a multiple of 8, got {b.bucket_reso_steps}")
-    if b.min_bucket_reso > b.resolution or b.max_bucket_reso < b.resolution:
-        _fail(r, "[buckets] min_bucket_reso/max_bucket_reso", f"resolution {b.resolution} must lie between them ({b.min_bucket_reso}..{b.max_bucket_reso})")
+    for key, msg in bucket_problems(r.buckets):  # shared with `lora-kit buckets`
+        _fail(r, f"[buckets] {key}", msg)
     if not 0 <= r.loss.min_timestep < r.loss.max_timestep <= 1000:
         _fail(r, "[loss] min_timestep/max_timestep", "expected 0 <= min_timestep < max_timestep <= 1000")
     if r.cache.vae_batch_size < 0:

@@ -1,25 +1,73 @@
-"""`lora-kit buckets DATASET`: the aspect-ratio bucket histogram of a dataset, from image headers only."""
+"""`lora-kit buckets DATASET`: the aspect-ratio bucket histogram of a dataset, from image headers only.
+
+The flags are generated from the recipe's dataclasses (`BucketConfig`, `DatasetConfig`): defaults and
+types come from the schema, and the values are checked by the same `bucket_problems` the recipe check
+uses, so `lora-kit buckets` shows exactly what a recipe with the same [buckets] values would train.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+import typing
 
+from lora_kit.config.bucket_rules import bucket_problems
 from lora_kit.config.schema import BucketConfig, DatasetConfig
+from lora_kit.data.buckets import assign, bucket_histogram, buckets_for, mean_aspect_error, warn_small_images
+from lora_kit.data.sources import scan_dataset
+from lora_kit.errors import UserError
+
+# Recipe field -> (flags, help). The short flags are the command's historical names; the long ones are
+# the recipe keys (kohya's names). Defaults are never written here: they come from the dataclass.
+BUCKET_FLAGS = {
+    "resolution": (("--resolution",), "target area is resolution^2 (SDXL: 1024)"),
+    "bucket_reso_steps": (("--steps", "--bucket-reso-steps"), "bucket sides are multiples of this"),
+    "min_bucket_reso": (("--min", "--min-bucket-reso"), "smallest bucket side"),
+    "max_bucket_reso": (("--max", "--max-bucket-reso"), "largest bucket side (SDXL: 2048)"),
+    "bucket_no_upscale": (("--no-upscale", "--bucket-no-upscale"), "never enlarge small images"),
+}
+DATASET_FLAGS = {
+    "kind": (("--kind",), "dataset layout"),
+    "image_column": (("--image-column",), "save_to_disk datasets: the image column"),
+    "caption_column": (("--caption-column",), "imagefolder / save_to_disk: the caption column"),
+}
+
+
+def _add_fields(p: argparse.ArgumentParser, cls: type, flags: dict) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in flags:
+            continue
+        names, text = flags[f.name]
+        if isinstance(f.default, bool):
+            p.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=text)
+            continue
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else None
+        p.add_argument(*names, dest=f.name, type=type(f.default), default=f.default, choices=choices,
+                       help=f"{text} ([{cls.__name__}] {f.name}; default {f.default})")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder (kohya N_name folders, imagefolder, save_to_disk) or builtin:NAME")
-    p.add_argument("--resolution", type=int, default=512, help="target area is resolution^2 (SDXL: 1024)")
-    p.add_argument("--steps", type=int, default=64, help="bucket_reso_steps: bucket sides are multiples of this")
-    p.add_argument("--min", dest="min_reso", type=int, default=256, help="min_bucket_reso")
-    p.add_argument("--max", dest="max_reso", type=int, default=1024, help="max_bucket_reso")
-    p.add_argument("--no-upscale", action="store_true", help="bucket_no_upscale: never enlarge small images")
-    p.add_argument("--kind", default="auto", choices=["auto", "folder", "imagefolder", "hf_disk"])
-    p.add_argument("--image-column", default="image")
-    p.add_argument("--caption-column", default="text")
+    _add_fields(p, BucketConfig, BUCKET_FLAGS)
+    _add_fields(p, DatasetConfig, DATASET_FLAGS)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _flag_names(key: str) -> str:
+    return "/".join(BUCKET_FLAGS[k][0][0] for k in key.split("/"))
+
+
+def bucket_config(args: argparse.Namespace) -> BucketConfig:
+    """The BucketConfig the flags describe, checked by the recipe's own rules (one line per problem)."""
+    cfg = BucketConfig(**{name: getattr(args, name) for name in BUCKET_FLAGS})
+    problems = bucket_problems(cfg)
+    if problems:
+        key, msg = problems[0]
+        raise UserError(f"{_flag_names(key)}: {msg}")
+    return cfg
 
 
 def _bar(count: int, top: int, width: int = 30) -> str:
@@ -27,31 +75,20 @@ def _bar(count: int, top: int, width: int = 30) -> str:
 
 
 def run(args) -> int:
-    from lora_kit.data.buckets import assign, bucket_histogram, make_buckets, mean_aspect_error
-    from lora_kit.data.sources import scan_dataset
-    from lora_kit.errors import UserError
-
-    if args.steps < 1 or args.resolution < args.steps:
-        raise UserError(f"--resolution ({args.resolution}) must be >= --steps ({args.steps}) >= 1")
-    if not args.no_upscale and not args.min_reso <= args.resolution <= args.max_reso:
-        raise UserError(f"--resolution {args.resolution} must lie between --min {args.min_reso} and --max {args.max_reso}")
+    cfg = bucket_config(args)
     t0 = time.perf_counter()
-    ds = DatasetConfig(
-        path=args.dataset, kind=args.kind, image_column=args.image_column, caption_column=args.caption_column
-    )
+    ds = DatasetConfig(path=args.dataset, **{name: getattr(args, name) for name in DATASET_FLAGS})
     scan = scan_dataset(ds)
-    cfg = BucketConfig(
-        resolution=args.resolution, bucket_reso_steps=args.steps, min_bucket_reso=args.min_reso,
-        max_bucket_reso=args.max_reso, bucket_no_upscale=args.no_upscale,
-    )
-    buckets = make_buckets(cfg.resolution, cfg.bucket_reso_steps, cfg.min_bucket_reso, cfg.max_bucket_reso)
+    buckets = buckets_for(cfg)
     placements = [assign(r.size, buckets, cfg) for r in scan.records]
+    small = warn_small_images([r.name for r in scan.records], placements, cfg)
     hist = bucket_histogram(placements)
     err = mean_aspect_error(placements)
     seconds = time.perf_counter() - t0
     if args.json:
         print(json.dumps({
-            "images": len(placements), "skipped": scan.skipped.count, "mean_aspect_error": round(err, 6),
+            "images": len(placements), "skipped": scan.skipped.count, "upscaled_small": len(small),
+            "mean_aspect_error": round(err, 6),
             "buckets": [{"width": w, "height": h, "count": c} for (w, h), c in hist.items()],
         }, indent=2))
         return 0

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import math
 import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
+
+log = logging.getLogger(__name__)
 
 Size = tuple[int, int]  # (width, height)
 
@@ -165,6 +168,28 @@ def assign(size: Size, buckets: Sequence[Size], cfg, rng: Optional[random.Random
 def buckets_for(cfg) -> list[Size]:
     """The predefined bucket set of a BucketConfig (unused by bucket_no_upscale, which sizes per image)."""
     return make_buckets(cfg.resolution, cfg.bucket_reso_steps, cfg.min_bucket_reso, cfg.max_bucket_reso)
+
+
+def smallest_bucket_area(cfg) -> int:
+    """Pixels of the smallest bucket an image can get: an image with fewer is always enlarged."""
+    if not cfg.enabled:
+        side = max(cfg.bucket_reso_steps, cfg.resolution // cfg.bucket_reso_steps * cfg.bucket_reso_steps)
+        return side * side
+    if cfg.bucket_no_upscale:  # only a side shorter than one step is enlarged (to one step)
+        return cfg.bucket_reso_steps * cfg.bucket_reso_steps
+    return min(w * h for w, h in buckets_for(cfg))
+
+
+def warn_small_images(names: Sequence[str], placements: Sequence[Placement], cfg, shown: int = 8) -> list[str]:
+    """One warning naming the images smaller than the smallest bucket (they are upscaled); returns them."""
+    area = smallest_bucket_area(cfg)
+    small = [f"{n} ({p.original[0]}x{p.original[1]})" for n, p in zip(names, placements)
+             if p.original[0] * p.original[1] < area]
+    if small:
+        more = f" and {len(small) - shown} more" if len(small) > shown else ""
+        log.warning("%d image(s) smaller than the smallest bucket (%d pixels) will be upscaled and look blurry: %s%s",
+                    len(small), area, ", ".join(small[:shown]), more)
+    return small
 
 
 def bucket_histogram(placements: Iterable[Placement]) -> dict[Size, int]:

@@ -8,6 +8,11 @@ Determinism: `caption_rng(seed, epoch, index)` seeds from a string, which Python
 same (seed, epoch, index). The dropout draw is made whether or not it fires, so turning caption dropout
 on or off does not change the shuffle of the captions it keeps.
 
+Prior (reg) images keep their own captions: the trigger word is the concept's and is never added to a
+reg image's caption (as kohya's class images and the diffusers DreamBooth script's class prompt), so
+prior preservation shows the model what the class looks like *without* the trigger. The augmentations
+(shuffle, keep_tokens, tag and caption dropout) apply to both, as in kohya where they are per-run flags.
+
 Trigger word: kept first and never duplicated. If a tag of the caption already contains it as a word
 ("sks star"), that tag moves to the front instead of adding the word again; natural-language captions
 (one "tag") that mention it are left untouched. `keep_tokens` counts the caption's own tags after the
@@ -67,11 +72,12 @@ class CaptionTransform:
         """True when a caption never changes between epochs, so its text embedding can be cached."""
         return not self.shuffle and self.tag_dropout == 0 and self.caption_dropout == 0
 
-    def __call__(self, caption: Optional[str], class_tokens: Optional[str], rng: random.Random) -> str:
+    def __call__(self, caption: Optional[str], class_tokens: Optional[str], rng: random.Random,
+                 is_reg: bool = False) -> str:
         text = base_caption(caption, class_tokens)
         if rng.random() < self.caption_dropout:
             return ""  # the empty prompt trains the unconditional branch used by classifier-free guidance
-        head, tags = put_trigger_first(split_tags(text, self.separator), self.trigger)
+        head, tags = put_trigger_first(split_tags(text, self.separator), "" if is_reg else self.trigger)
         kept, free = tags[: self.keep_tokens], tags[self.keep_tokens:]
         if self.shuffle:
             rng.shuffle(free)
@@ -79,3 +85,7 @@ class CaptionTransform:
             free = [t for t in free if rng.random() >= self.tag_dropout]
         out = ([head] if head else []) + kept + free
         return join_tags(out, self.separator)
+
+    def for_record(self, record, rng: random.Random) -> str:
+        """The caption of an `ImageRecord` (layout.ImageRecord): the one rule for the dataset and the text cache."""
+        return self(record.caption, record.class_tokens, rng, is_reg=record.is_reg)

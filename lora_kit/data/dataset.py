@@ -26,7 +26,9 @@ import torch
 from torch.utils.data import Dataset
 
 from lora_kit.config.schema import Recipe
-from lora_kit.data.buckets import Placement, apply_placement, assign, bucket_histogram, buckets_for, crop_offsets, mean_aspect_error
+from lora_kit.data.buckets import (
+    Placement, apply_placement, assign, bucket_histogram, buckets_for, crop_offsets, mean_aspect_error, warn_small_images,
+)
 from lora_kit.data.cache import LatentCache, LatentItem, latent_key, module_identity, precompute_latents, sample_latents, scale_latents
 from lora_kit.data.captions import CaptionTransform, base_caption, caption_rng
 from lora_kit.data.sources import ImageRecord, ScanResult, folder_summary, scan_dataset
@@ -58,8 +60,9 @@ def image_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0
 
 
-def render_pixels(record: ImageRecord, placement: Placement, flip: bool, crop=None) -> torch.Tensor:
-    return image_to_tensor(apply_placement(record.load(), placement, flip, crop))
+def render_pixels(record: ImageRecord, placement: Placement, flip: bool, crop=None, verify: bool = False) -> torch.Tensor:
+    """`verify`: check the pixel data's length against the header too (once per image: when it is cached)."""
+    return image_to_tensor(apply_placement(record.load(verify=verify), placement, flip, crop))
 
 
 class LoraDataset(Dataset):
@@ -120,7 +123,7 @@ class LoraDataset(Dataset):
         if flip:
             left = pl.resized[0] - pl.bucket[0] - left  # the crop as measured on the mirrored image
         out.update(
-            caption=self.transform(rec.caption, rec.class_tokens, caption_rng(self.seed, self.epoch, index)),
+            caption=self.transform.for_record(rec, caption_rng(self.seed, self.epoch, index)),
             original_size=(pl.original[1], pl.original[0]),
             crop_top_left=(top, left),
             target_size=(pl.bucket[1], pl.bucket[0]),
@@ -231,7 +234,8 @@ def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_
         keys = [latent_key(sha, s.placement, f, vae_id) for f in flips]
         s.latent_keys = (keys[0], keys[1] if len(keys) > 1 else None)
         for f, k in zip(flips, keys):
-            items.append(LatentItem(k, functools.partial(render_pixels, s.record, s.placement, f), s.placement.bucket))
+            render = functools.partial(render_pixels, s.record, s.placement, f, verify=True)
+            items.append(LatentItem(k, render, s.placement.bucket))
     if process_index == 0:
         cache.hasher.save()
     result = precompute_latents(items, vae, cache, recipe.cache.vae_batch_size, device, dtype, num_processes, process_index)
@@ -257,14 +261,17 @@ def build_train_data(
     `[cache] latents` and a `vae` (already on `device` in `dtype`) are given; `barrier` (e.g.
     accelerator.wait_for_everyone) runs after each process cached its share."""
     ds_cfg = recipe.dataset
-    train_scan = scan_dataset(ds_cfg)
-    reg_scan = scan_dataset(ds_cfg, reg=True) if ds_cfg.reg_path else None
+    # Every image is fully decoded once: by the latent cache when there is one, else here by the scan.
+    decode = not (cache and recipe.cache.latents and vae is not None)
+    train_scan = scan_dataset(ds_cfg, decode=decode)
+    reg_scan = scan_dataset(ds_cfg, reg=True, decode=decode) if ds_cfg.reg_path else None
     train_records, val_records = split_validation(train_scan.records, ds_cfg.validation_split, recipe.seed)
     reg_records = reg_scan.records if reg_scan else []
     if ds_cfg.reg_balance:
         reg_records = balance_reg(reg_records, sum(r.repeats for r in train_records))
     records = train_records + reg_records
     samples = [Sample(r, p) for r, p in zip(records, place(records, recipe))]
+    warn_small_images([s.record.name for s in samples], [s.placement for s in samples], recipe.buckets)
     val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, _without_random_crop(recipe)))]
 
     latent_dir, vae_id, scaling, cache_result, dropped = None, "", None, None, []

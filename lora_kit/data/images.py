@@ -2,13 +2,18 @@
 
 Pillow does the decoding; what it lacks is the policy: one warning per unreadable file, a count at the
 end, alpha composited on white (not black, which is what a bare `convert("RGB")` gives for RGBA),
-16-bit and CMYK handled, and header-only size reads for fast bucketing.
+16-bit and CMYK handled, header-only size reads for fast bucketing, and a check that a PNG holds as much
+pixel data as its header claims (Pillow fills a zlib stream that ends early with black, silently).
+What counts as an image file is `lora_kit.data.layout`'s rule.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +21,8 @@ from PIL import Image, ImageFile, ImageOps
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 # EXIF orientations that swap width and height (5..8 are the 90/270-degree ones).
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
 @dataclass
@@ -34,6 +33,7 @@ class SkipCounter:
 
     def skip(self, path: str | os.PathLike, reason: str) -> None:
         key = str(path)
+        reason = reason.replace(key, Path(key).name)  # Pillow quotes the full path; stats must not carry it
         if key not in self.skipped:
             self.skipped[key] = reason
             log.warning("skipping unreadable image %s: %s", Path(key).name, reason)
@@ -87,17 +87,76 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode fully: EXIF orientation applied, converted to RGB. Raises OSError/ValueError if unreadable."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(w: int, h: int, depth: int, colour: int, interlace: int) -> int:
+    """Bytes of filtered scanlines a PNG of this header must inflate to (one filter byte per row)."""
+    bits = _PNG_CHANNELS.get(colour, 4) * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+        if pw > 0 and ph > 0:
+            total += ph * (1 + -(-pw * bits // 8))
+    return total
+
+
+def png_shortfall(data: bytes) -> str | None:
+    """Why a PNG holds less pixel data than its header claims, or None when it is complete.
+
+    Written by hand because Pillow decodes a zlib stream that ends early without an error and leaves
+    the missing rows black (a 60000x2500 header with one row of data "loads"). The IDAT stream is
+    inflated in 1 MiB pieces and only counted, so a huge claimed size costs no memory.
+    """
+    pos, need, got = 8, None, 0
+    inflater = zlib.decompressobj()
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and len(body) >= 13:
+            w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+            need = _png_raw_size(w, h, depth, colour, interlace)
+        elif kind == b"IDAT":
+            try:
+                while body and (need is None or got < need):
+                    got += len(inflater.decompress(body, 1 << 20))
+                    body = inflater.unconsumed_tail
+            except zlib.error as exc:
+                return f"corrupt pixel data ({exc})"
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if need is not None and got < need:
+        return f"pixel data ends after {got} of {need} bytes (the header claims more rows than the file holds)"
+    return None
+
+
+def load_image(path: str | os.PathLike | io.BytesIO, verify: bool = False) -> Image.Image:
+    """Decode fully: EXIF orientation applied, converted to RGB. Raises OSError/ValueError if unreadable.
+
+    `verify` also checks that a PNG's pixel data is as long as its header says (`png_shortfall`); the
+    scan or the latent cache does it once per image, so training loads skip the second inflate."""
+    if verify:
+        if isinstance(path, io.BytesIO):
+            data = path.getvalue()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        if data.startswith(_PNG_SIGNATURE) and (why := png_shortfall(data)):
+            raise OSError(why)
+        path = io.BytesIO(data)
     with Image.open(path) as im:
         im.load()  # force the decode here so truncated files fail now, not later in a worker
         im = ImageOps.exif_transpose(im)
         return to_rgb(im)
 
 
-def try_load_image(path: str | os.PathLike, skips: SkipCounter) -> Image.Image | None:
+def try_load_image(path: str | os.PathLike, skips: SkipCounter, verify: bool = True) -> Image.Image | None:
     try:
-        return load_image(path)
+        return load_image(path, verify=verify)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
         skips.skip(path, f"{type(exc).__name__}: {exc}")
         return None

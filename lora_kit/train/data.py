@@ -118,9 +118,10 @@ def build_training_data(recipe, bundle, accelerator) -> TrainingData:
     table = None
     if text_cached:
         ds = data.dataset
-        captions = [ds.transform(s.record.caption, s.record.class_tokens, random.Random(0)) for s in ds.samples]
+        # The dataset's own caption rule (trigger word on concept images only), so every cached key is hit.
+        captions = [ds.transform.for_record(s.record, random.Random(0)) for s in ds.samples]
         if data.validation is not None:
             v = data.validation
-            captions += [v.transform(s.record.caption, s.record.class_tokens, random.Random(0)) for s in v.samples]
+            captions += [v.transform.for_record(s.record, random.Random(0)) for s in v.samples]
         table = _encode_all(bundle, captions, recipe.model.clip_skip, acc.device)
     return TrainingData(data, sampler, stats, latents_cached=data.dataset.cached, text_cached=text_cached, text_embeds=table)

@@ -49,7 +49,7 @@ class TemplateCaptioner:
                             f"use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
 
     def render(self, item: ImageItem) -> str:
-        fields = {"trigger": self.trigger, "class": item.class_tokens, "folder": item.folder, "stem": item.stem,
+        fields = {"trigger": self.trigger, "class": item.class_tokens or "", "folder": item.parent_folder, "stem": item.stem,
                   "words": words_from_stem(item.stem), "repeats": item.repeats}
         return self.template.format(**fields)
 
