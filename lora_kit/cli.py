@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,9 +30,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that run torch work long enough for the thread count to matter (lora_kit.runtime).
+TORCH_COMMANDS = {"train", "demo", "grid", "cache", "caption", "merge", "resize", "extract"}
+
+
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-kit", description="LoRA fine-tuning for Stable Diffusion.")
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of any error (also LORA_KIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -60,6 +68,9 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug may stand anywhere (before or after the command); taken out before argparse sees it.
+    debug = "--debug" in argv or os.environ.get("LORA_KIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     _quiet_libraries()
     chosen = next((a for a in argv if not a.startswith("-")), None)
     load = chosen if chosen in COMMANDS else None
@@ -76,17 +87,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from lora_kit.errors import UserError
+    from lora_kit.utils import describe_write_fault, is_write_fault
 
     module = importlib.import_module(COMMANDS[args.command][0])
+    if args.command in TORCH_COMMANDS:
+        from lora_kit.runtime import configure_threads
+
+        configure_threads()  # threads from the free cores; the trainer narrows it once it knows the model
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
         # User mistakes (bad recipe key, missing file, offline model) are one line, no traceback.
+        if debug:
+            traceback.print_exc()
         print(f"lora-kit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless --debug
+        if debug:
+            raise
+        if is_write_fault(exc):  # a full disk or a size limit outside the places that name their file
+            print(f"lora-kit {args.command}: error: {describe_write_fault(exc)}: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"lora-kit {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}\n"
+              f"  this is a bug in lora-kit: run again with --debug (or LORA_KIT_DEBUG=1) for the traceback and report it",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 if __name__ == "__main__":

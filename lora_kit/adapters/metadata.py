@@ -155,7 +155,7 @@ def build_kohya_metadata(info: dict) -> dict[str, str]:
 
     out["lora_kit.version"] = __version__
     if info.get("recipe") is not None:
-        out[RECIPE_KEY] = _json(info["recipe"])
+        out[RECIPE_KEY] = _json(scrub_recipe(info["recipe"]))
     if info.get("trigger_words"):
         out["lora_kit.trigger_words"] = json.dumps(list(info["trigger_words"]), ensure_ascii=False)
     return {k: str(v) for k, v in out.items()}
@@ -171,3 +171,39 @@ def minimum_kohya_metadata(family: str | None, rank, alpha) -> dict[str, str]:
         "ss_base_model_version": BASE_MODEL_VERSION[fam],
         "ss_v2": str(fam in (SD2, SD2V)),
     }
+
+
+# Recipe keys that hold a location: published as a name (the last component), never a path. The model
+# keys may also be Hub ids ("owner/name"), which are kept.
+_LOCAL_KEYS = {"": ("output_dir",), "dataset": ("path", "reg_path"), "cache": ("dir",), "sample": ("control_image",)}
+_MODEL_KEYS = {"model": ("pretrained", "vae", "single_file_config"), "sample": ("controlnet",)}
+
+
+def _last_component(value: str) -> str:
+    return re.split(r"[\\/]", value.removeprefix("file://").rstrip("\\/"))[-1]
+
+
+def _location_name(value: str, maybe_hub: bool) -> str:
+    """A local path (absolute or relative: "runs/my-lora", "data/10_dog") -> its last component;
+    builtin:NAME and, for model keys, Hub ids ("owner/name" that is no local folder) are kept."""
+    if not value or value.startswith("builtin:"):
+        return value
+    hub_like = (maybe_hub and value.count("/") == 1 and not value.startswith((".", "~", "/"))
+                and "\\" not in value and not value.endswith((".safetensors", ".ckpt")) and not os.path.exists(value))
+    return value if hub_like else _last_component(value)
+
+
+def scrub_recipe(recipe: dict) -> dict:
+    """A resolved recipe (recipe_to_dict) fit to publish: secrets and absolute paths removed
+    (`scrub_paths`), and every location (output_dir, dataset paths, cache dir, local model folders,
+    control image) reduced to a name, relative paths included."""
+    out = scrub_paths(json.loads(json.dumps(recipe, default=str)))
+    if not isinstance(out, dict):
+        return out
+    for keys_of, maybe_hub in ((_LOCAL_KEYS, False), (_MODEL_KEYS, True)):
+        for section, keys in keys_of.items():
+            table = out.get(section) if section else out
+            for key in keys if isinstance(table, dict) else ():
+                if isinstance(table.get(key), str):
+                    table[key] = _location_name(table[key], maybe_hub)
+    return out

@@ -58,6 +58,7 @@ def check_recipe(r: Recipe) -> None:
     if len(r.optimizer.betas) != 2:
         _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")
     check_validation(r)
+    check_ranges(r)
 
 
 def check_paths(r: Recipe) -> None:
@@ -81,3 +82,48 @@ def check_validation(r: Recipe) -> None:
         _fail(r, "[validation] every_n_steps", "needs held-out images: set [dataset] validation_split (e.g. 0.1)")
     if any(not 0 <= t < 1000 for t in r.validation.timesteps) or not r.validation.timesteps:
         _fail(r, "[validation] timesteps", "expected a non-empty list of integers in [0, 1000)")
+
+
+def _at_least(r: Recipe, key: str, value, low, what: str = "") -> None:
+    if value < low:
+        _fail(r, key, f"expected {what or f'a value >= {low}'}, got {value}")
+
+
+def check_ranges(r: Recipe) -> None:
+    """Value ranges the sections above do not cover: each would otherwise surface mid-run as a traceback
+    or, worse, be accepted silently (a negative keep_last deletes nothing, a negative lr ascends)."""
+    o = r.optimizer
+    if not o.lr > 0:
+        _fail(r, "[optimizer] lr", f"expected a learning rate > 0, got {o.lr}")
+    if r.network.train_text_encoder and not o.text_encoder_lr > 0:
+        _fail(r, "[optimizer] text_encoder_lr", f"expected a learning rate > 0 (train_text_encoder = true), got {o.text_encoder_lr}")
+    _at_least(r, "[optimizer] weight_decay", o.weight_decay, 0)
+    if not o.eps > 0 or any(not 0 <= b < 1 for b in o.betas):
+        _fail(r, "[optimizer] betas/eps", f"expected betas in [0, 1) and eps > 0, got {list(o.betas)} and {o.eps}")
+    if not 0 <= r.network.dropout < 1:
+        _fail(r, "[network] dropout", f"expected a number in [0, 1) (0 = off), got {r.network.dropout}")
+    for key, val in (("text_encoder_rank", r.network.text_encoder_rank), ("text_encoder_alpha", r.network.text_encoder_alpha)):
+        _at_least(r, f"[network] {key}", val, 0, "0 (same as rank/alpha) or a positive number")
+    s = r.save
+    _at_least(r, "[save] every_n_steps", s.every_n_steps, 0, "0 (only at the end) or a number of steps >= 1")
+    _at_least(r, "[save] keep_last", s.keep_last, 0, "0 (keep every checkpoint) or a count >= 1")
+    _at_least(r, "[save] export_every_n_steps", s.export_every_n_steps, 0, "0 (off) or a number of steps >= 1")
+    t = r.train
+    _at_least(r, "[train] max_steps", t.max_steps, 0, "0 (derived from epochs) or a number of steps >= 1")
+    _at_least(r, "[train] epochs", t.epochs, 0)
+    _at_least(r, "[train] max_grad_norm", t.max_grad_norm, 0, "0 (no clipping) or a positive number")
+    _at_least(r, "[train] num_workers", t.num_workers, 0)
+    _at_least(r, "[scheduler] warmup_steps", r.scheduler.warmup_steps, 0)
+    _at_least(r, "[scheduler] num_cycles", r.scheduler.num_cycles, 1)
+    _at_least(r, "[dataset] max_images", r.dataset.max_images, 0, "0 (all) or a count >= 1")
+    _at_least(r, "[loss] noise_offset", r.loss.noise_offset, 0)
+    _at_least(r, "[validation] every_n_steps", r.validation.every_n_steps, 0, "0 (off) or a number of steps >= 1")
+    _at_least(r, "[log] every_n_steps", r.log.every_n_steps, 1, "a number of steps >= 1")
+    sm = r.sample
+    _at_least(r, "[sample] every_n_steps", sm.every_n_steps, 0, "0 (off) or a number of steps >= 1")
+    _at_least(r, "[sample] steps", sm.steps, 1)
+    for key, val in (("width", sm.width), ("height", sm.height)):
+        if val < 0 or val % 8:
+            _fail(r, f"[sample] {key}", f"expected 0 (bucket resolution) or a multiple of 8 (the latent stride), got {val}")
+    if sm.prompts and not sm.width and r.buckets.resolution % 8:
+        _fail(r, "[buckets] resolution", f"samples render at the bucket resolution, which must be a multiple of 8 (or set [sample] width/height), got {r.buckets.resolution}")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from lora_kit.errors import UserError
@@ -22,6 +20,7 @@ from lora_kit.publish import privacy, stage
 from lora_kit.publish.card import Widget, render_card
 from lora_kit.publish.rundir import Run
 from lora_kit.publish.settings import Details
+from lora_kit.utils import atomic_dir
 
 MAX_WIDGETS = 8
 
@@ -35,15 +34,12 @@ def assemble_hub_folder(run: Run, details: Details, repo_id: str, out: Path, *, 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not replace:
         raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def build(staging: Path) -> None:
         _fill(run, details, repo_id, staging)
-        privacy.check_folder(staging, stage.private_roots(run, out))
-        _swap_in(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+        privacy.check_folder(staging, stage.private_roots(run, out))  # refused: atomic_dir drops staging
+
+    return atomic_dir(out, build)
 
 
 def _fill(run: Run, details: Details, repo_id: str, folder: Path) -> None:
@@ -62,16 +58,6 @@ def _fill(run: Run, details: Details, repo_id: str, folder: Path) -> None:
     from lora_kit.utils import atomic_write_text
 
     atomic_write_text(folder / "README.md", render_card(run, details, repo_id, widgets, grid_url))
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / "x")
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def list_files(folder: Path) -> list[tuple[str, int]]:

@@ -21,8 +21,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-from lora_kit.adapters.metadata import scrub_paths
+from lora_kit.adapters.metadata import RECIPE_KEY, scrub_paths, scrub_recipe
 from lora_kit.errors import UserError
+from lora_kit.utils import atomic_write
 
 # An absolute path inside a longer text: a root (`/`, `~/`, `C:\`) and at least two components. The
 # look-behind keeps URLs (`https://host/a/b`), fractions (`1/2`) and relative paths (`models/Lora`) intact.
@@ -48,9 +49,16 @@ def scrub_text(text: str) -> str:
 
 
 def scrub_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    """safetensors metadata with secret-named keys dropped and every value scrubbed."""
+    """safetensors metadata with secret-named keys dropped and every value scrubbed; the embedded recipe
+    also loses its relative locations (files trained before lora-kit scrubbed them at export)."""
     kept = scrub_paths({k: "" for k in metadata})  # drops keys named like token/password/api_key
-    return {k: scrub_text(str(v)) for k, v in metadata.items() if k in kept}
+    out = {k: scrub_text(str(v)) for k, v in metadata.items() if k in kept}
+    if RECIPE_KEY in out:
+        try:
+            out[RECIPE_KEY] = json.dumps(scrub_recipe(json.loads(out[RECIPE_KEY])), ensure_ascii=False, sort_keys=True)
+        except ValueError:
+            out.pop(RECIPE_KEY)  # not JSON: nothing a reader could use, and it might hold anything
+    return out
 
 
 # --------------------------------------------------------------------------------------- safetensors
@@ -80,16 +88,13 @@ def copy_safetensors(src: Path, dst: Path, transform=scrub_metadata) -> dict[str
         header = {"__metadata__": new, **header}
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the safetensors writer pads the header to 8 bytes with spaces
-    tmp = _temp_beside(dst)
-    try:
+    def write(tmp: Path) -> None:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             fout.write(struct.pack("<Q", len(blob)) + blob)
             fin.seek(offset)
             shutil.copyfileobj(fin, fout, 1 << 20)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(dst, write)
     return new
 
 
@@ -103,13 +108,6 @@ def _kohya_hashes(src: Path, metadata: dict) -> tuple[str, str]:
     from lora_kit.adapters.hashes import precalculate_hashes
 
     return precalculate_hashes(load_file(str(src)), metadata)
-
-
-def _temp_beside(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
 
 
 # ----------------------------------------------------------------------------------------------- PNG
@@ -128,13 +126,7 @@ def copy_png(src: Path, dst: Path, extra_text: dict[str, str] | None = None) -> 
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, value) if not value.isascii() else info.add_text(key, value)
-        tmp = _temp_beside(dst)
-        try:
-            im.save(tmp, format="PNG", pnginfo=info)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(dst, lambda tmp: im.save(tmp, format="PNG", pnginfo=info))
     return text
 
 
@@ -147,6 +139,8 @@ def local_roots(*extra: str | Path) -> list[str]:
     out = set()
     for root in roots:
         p = Path(root).expanduser()
+        if not p.is_absolute():
+            p = Path.cwd() / p  # a relative run folder ("runs/x") is a location here, not text to look for
         for q in [p, *p.parents]:
             if len(str(q)) >= 4:  # "/" and one-letter roots would match anything
                 out.add(str(q))

@@ -13,20 +13,33 @@ def add_arguments(p) -> None:
     p.add_argument("--output-dir", help="run directory (overrides output_dir in the recipe)")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="save a checkpoint and stop after N optimizer steps of this invocation (resume later)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an output folder that holds another run's checkpoints or adapter files")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume although the batch/bucket/dataset/seed setup changed since the checkpoint")
+
 
 
 def run(args) -> int:
+    from lora_kit.errors import UserError
     from lora_kit.config.load import load_recipe
     from lora_kit.train.recipe import LoraTrainer
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={_toml_str(args.output_dir)}")
+    if args.stop_after < 0:
+        raise UserError(f"--stop-after {args.stop_after}: expected 0 (run to the end) or a number of steps >= 1")
+    if args.force_resume and not args.resume:
+        raise UserError("--force-resume needs --resume latest|PATH")
+    if args.overwrite and args.resume:
+        raise UserError("--overwrite starts a new run and --resume continues one: pass only one of them")
     recipe = load_recipe(args.recipe, overrides)
-    from lora_kit.config.checks import check_paths
+    from lora_kit.config.preflight import check_before_training
 
-    check_paths(recipe)
-    trainer = LoraTrainer(recipe, resume=args.resume, stop_after=args.stop_after)
+    check_before_training(recipe)  # paths, output locations, model-dependent values: before the model loads
+    trainer = LoraTrainer(recipe, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite,
+                          force_resume=args.force_resume)
     trainer.setup()
     trainer.train()
     if trainer.global_step >= trainer.total_steps:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lora_kit.errors import UserError
+from lora_kit.train.checkpoint import intact_note
+from lora_kit.utils import atomic_write_json, describe_write_fault, is_write_fault
+
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -79,16 +83,23 @@ def export_adapters(trainer, suffix: str = "") -> dict:
     unet_sd, te_sds = adapter_state_dicts(unet, tes, r.network.train_text_encoder)
     info = train_info(trainer)
     out = trainer.out if not suffix else trainer.out / "exports"
-    files = write_adapter_files(
-        out, f"{r.name}{suffix}", unet_sd, te_sds, info,
-        unet_config=trainer.adapters.unet_config, text_encoder_config=trainer.adapters.text_encoder_config,
-        unet_model_config=dict(unet.config), precision=r.save.precision,
-        diffusers_name=DIFFUSERS_FILE if not suffix else f"{r.name}{suffix}_diffusers.safetensors",
-    )
-    if not suffix:
-        from lora_kit.utils import atomic_write_json
-
-        summary = {k: v for k, v in info.items() if k != "recipe"}
-        summary["files"] = {k: Path(v).name for k, v in files.items()}
-        atomic_write_json(trainer.out / "summary.json", summary)
+    try:
+        trainer.run.first_output(r)  # recipe.toml / run.json: the run now has something to show
+        files = write_adapter_files(
+            out, f"{r.name}{suffix}", unet_sd, te_sds, info,
+            unet_config=trainer.adapters.unet_config, text_encoder_config=trainer.adapters.text_encoder_config,
+            unet_model_config=dict(unet.config), precision=r.save.precision,
+            diffusers_name=DIFFUSERS_FILE if not suffix else f"{r.name}{suffix}_diffusers.safetensors",
+        )
+        if not suffix:
+            summary = {k: v for k, v in info.items() if k != "recipe"}
+            summary["run_id"] = trainer.run.run_id
+            summary["files"] = {k: Path(v).name for k, v in files.items()}
+            atomic_write_json(trainer.out / "summary.json", summary)
+    except Exception as exc:
+        if not is_write_fault(exc):
+            raise
+        root = trainer.out / "checkpoints"
+        raise UserError(f"{describe_write_fault(exc)} while writing the {'export' if suffix else 'adapter files'} "
+                        f"{r.name}{suffix} in {out}; {intact_note(root, trainer.run.run_id)}") from exc
     return files

@@ -29,11 +29,15 @@ def _cpu_only_multiprocess() -> bool:
 
 
 class LoraTrainer:
-    def __init__(self, recipe: Recipe, resume: str | None = None, stop_after: int = 0):
+    def __init__(self, recipe: Recipe, resume: str | None = None, stop_after: int = 0, overwrite: bool = False,
+                 force_resume: bool = False):
+        from lora_kit.train.runfolder import RunFolder
+
         self.recipe = recipe
         self.resume = resume
         self.stop_after = stop_after  # stop (with a checkpoint) after this many steps in this process' run
         self.out = Path(recipe.output_dir)
+        self.run = RunFolder(self.out, resume, overwrite, force_resume)  # lock, run id, resume choice
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -56,6 +60,7 @@ class LoraTrainer:
         )
         set_seed(r.seed)
         self.weight_dtype = DTYPES[acc.mixed_precision]
+        self.run.open(r, acc)  # lock, run id, which checkpoint to resume: before the model loads
         self._load_model()
         self._inject()
         self._build_data()
@@ -67,10 +72,7 @@ class LoraTrainer:
             self.text_encoders = [acc.prepare(te) for te in self.text_encoders]
         self.ctx = self._step_context()
         if acc.is_main_process:
-            from lora_kit.config.load import write_resolved
-
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_resolved(r, self.out)
+            # recipe.toml is written with the run's first checkpoint or export (runfolder.first_output)
             if r.log.tensorboard:
                 from lora_kit.train.report import tracker_config
 
@@ -171,14 +173,9 @@ class LoraTrainer:
         )
 
     def _maybe_resume(self) -> None:
-        root = self.out / "checkpoints"
-        if self.accelerator.is_main_process:
-            ckpt.clean_partials(root)
-        if not self.resume:
-            return
-        path = ckpt.resolve_resume(self.resume, root)
+        self.run.check_data(self.data, self.accelerator.print)  # dataset manifest hash vs the checkpoint's
+        path = self.run.resume_path  # chosen and verified by run.open (stale partials already removed)
         if path is None:
-            self.accelerator.print(f"--resume {self.resume}: no checkpoint in {root}, starting from step 0")
             return
         state = ckpt.load_checkpoint(self.accelerator, path)
         self.global_step, self.epoch, self.batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
@@ -254,7 +251,10 @@ class LoraTrainer:
                 "started_at": self.started_at, "total_steps": self.total_steps}
 
     def save_checkpoint(self) -> Path:
-        return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.global_step, self.run_state(), self.recipe.save.keep_last)
+        state = {**self.run_state(), "fingerprint": self.run.fingerprint}
+        return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.global_step, state,
+                                    self.recipe.save.keep_last, self.run.run_id, lambda: self.run.first_output(self.recipe))
+
 
     def validate(self) -> float | None:
         from lora_kit.train.validation import validation_loss
@@ -292,3 +292,4 @@ class LoraTrainer:
             Path(dump).mkdir(parents=True, exist_ok=True)
             (Path(dump) / f"rank{self.accelerator.process_index}.json").write_text(json.dumps(self.seen_indices))
         self.accelerator.end_training()
+        self.run.close()  # the run lock
