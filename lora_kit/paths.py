@@ -4,16 +4,26 @@
 - a dataset folder under the top-level `datasets/` (installed as the package `lora_kit._datasets`);
 - a recipe under `recipes/` (installed as `lora_kit._recipes`);
 - a model preset (`builtin:tiny-sd15` …), materialised on first use under the user cache
-  (see lora_kit.models.loading.resolve_model).
+  (see lora_kit.models.loading.resolve_model);
+- CLIP's BPE vocabulary (`CLIP_BPE_FILE`), from which lora_kit.models.tokenizer builds tokenizers;
+- the trained tiny world's weights (`builtin:tiny-world`, its ControlNet), shipped in the package under
+  lora_kit/world/weights/<name>/ (`shipped_model_dir`, `shipped_controlnet_dir`).
+The lookup lives here, below every other package, so that `models` (which resolves `builtin:` names) and
+`world` (which builds the tiny world from `models` pieces) never import each other both ways.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = Path(__file__).resolve().parent / "world" / "weights"
+# CLIP's BPE merges (MIT, see models/assets/NOTICE.md): a real CLIP tokenizer offline, no extra install.
+CLIP_BPE_FILE = Path(__file__).resolve().parent / "models" / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+CONTROLNET = "tiny-world-controlnet"
 
 
 def _package_dir(package: str, repo_folder: str) -> Path:
@@ -22,8 +32,6 @@ def _package_dir(package: str, repo_folder: str) -> Path:
     here = _REPO_ROOT / repo_folder
     if here.is_dir() and (_REPO_ROOT / "pyproject.toml").is_file():
         return here
-    import importlib.util
-
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"lora-kit's {repo_folder}/ folder is not installed (package {package})")
@@ -72,3 +80,15 @@ def resolve_recipe_path(value: str) -> Path:
     if shipped.exists():
         return shipped
     return p
+
+
+def shipped_model_dir(name: str) -> Path | None:
+    """A shipped pipeline folder (has model_index.json), or None."""
+    p = WEIGHTS_DIR / name
+    return p if (p / "model_index.json").exists() else None
+
+
+def shipped_controlnet_dir(name: str = CONTROLNET) -> Path | None:
+    """A shipped ControlNetModel folder (has config.json), or None."""
+    p = WEIGHTS_DIR / name
+    return p if (p / "config.json").exists() else None

@@ -128,3 +128,34 @@ def test_family_table_is_the_one_source():
     # an SD1-architecture v-prediction model is sd2v (the tiny SD2-v preset's U-Net is SD1-sized)
     assert family.detect_family({"cross_attention_dim": 32}, {"prediction_type": "v_prediction"}) == "sd2v"
     assert family.model_native_size({"sample_size": [12, 20]}, 4) == (80, 48)
+
+
+def test_load_for_training_vae_dtype_and_schedule(tiny_sdxl_dir, tiny_sd15_dir):
+    """The trainer's and `lora-kit cache`'s loader: SDXL's stock VAE stays fp32 in bf16 training, a given VAE
+    (or any other family's) takes the training dtype; zero_terminal_snr rescales the training schedule."""
+    from lora_kit.config.schema import ModelConfig
+    from lora_kit.models.loading import load_for_training
+
+    xl = load_for_training(ModelConfig(pretrained=str(tiny_sdxl_dir)), "bf16", "cpu")
+    assert (xl.family, xl.vae.dtype, xl.vae.training) == ("sdxl", torch.float32, False)
+    assert not any(p.requires_grad for p in xl.vae.parameters())
+    fixed = load_for_training(ModelConfig(pretrained=str(tiny_sdxl_dir), vae=str(tiny_sdxl_dir / "vae")), "bf16", "cpu")
+    assert fixed.vae.dtype == torch.bfloat16
+    sd1 = load_for_training(ModelConfig(pretrained=str(tiny_sd15_dir), zero_terminal_snr=True), "fp16", "cpu")
+    assert sd1.vae.dtype == torch.float16 and sd1.unet.dtype == torch.float32
+    assert sd1.noise_scheduler.alphas_cumprod[-1].item() < 1e-6  # zero terminal SNR
+    assert load_for_training(ModelConfig(pretrained=str(tiny_sd15_dir)), "no", "cpu").noise_scheduler.alphas_cumprod[-1].item() > 1e-4
+    with pytest.raises(UserError, match="unknown mixed_precision 'fp8'"):
+        load_for_training(ModelConfig(pretrained=str(tiny_sd15_dir)), "fp8", "cpu")
+
+
+def test_precision_names():
+    from lora_kit import precision
+
+    assert {precision.training_dtype(n) for n in precision.MIXED_PRECISION} == {torch.float32, torch.float16, torch.bfloat16}
+    assert [precision.save_dtype(n) for n in ("fp32", "float", "fp16", "bf16", "same", None)] == [
+        torch.float32, torch.float32, torch.float16, torch.bfloat16, None, None]
+    assert precision.runtime_dtype("auto", "cpu") == torch.float32 and precision.runtime_dtype("auto", "cuda:0") == torch.float16
+    assert precision.runtime_dtype("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(UserError, match="unknown dtype 'half'"):
+        precision.runtime_dtype("half", "cpu")

@@ -26,7 +26,8 @@ from lora_kit.errors import UserError
 from lora_kit.infer.control import load_controlnet, prepare_control_image
 from lora_kit.infer.schedulers import make_scheduler
 from lora_kit.infer.spec import CellParams, ControlRef, LoraRef
-from lora_kit.models.presets import SDXL
+from lora_kit.models.family import SDXL
+from lora_kit.precision import runtime_dtype
 
 # (img2img, controlnet) -> diffusers class name; SDXL names get the "XL" infix.
 _VARIANTS = {
@@ -38,15 +39,8 @@ _VARIANTS = {
 
 
 def resolve_dtype(dtype: str | None, device: str):
-    import torch
-
-    if dtype in (None, "", "auto"):
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]  # fmt: skip
-    except KeyError:
-        raise UserError(f"unknown dtype {dtype!r}; expected auto, float32, float16 or bfloat16") from None
+    """`--dtype`: "auto" is fp16 on CUDA, fp32 elsewhere (names: lora_kit.precision)."""
+    return runtime_dtype(dtype, device)
 
 
 def resolve_device(device: str | None) -> str:

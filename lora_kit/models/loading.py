@@ -1,24 +1,36 @@
 """Loading a base model: builtin preset, diffusers folder, single-file checkpoint, or Hub id.
 
 Everything goes through diffusers' own loaders (`from_pretrained`, `from_single_file`); this module
-adds what they lack for a trainer: one `ModelBundle` with the family detected (sd1 / sd2 / sd2v / sdxl),
-`builtin:` presets materialised on first use, and one clear line when a model is neither local nor
-reachable ("fetch X with `hf download X` on a machine with network, then pass the folder").
+adds what they lack for a trainer: one `ModelBundle` with the family detected (sd1 / sd2 / sd2v / sdxl,
+see lora_kit.models.family), `builtin:` presets materialised on first use, one clear line when a model is
+neither local nor reachable ("fetch X with `hf download X` on a machine with network, then pass the
+folder"), and `load_for_training`: the one way `lora-kit train` and `lora-kit cache` get a model ready
+(VAE override, zero-terminal-SNR schedule, VAE dtype rule), so a latent cache built by one is reused by the other.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from lora_kit.config.schema import ModelConfig
 from lora_kit.errors import UserError
-from lora_kit.models.presets import SD1, SD2, SD2V, SDXL, PRESETS, write_preset
-from lora_kit.paths import builtin_name, cache_dir, is_builtin
+from lora_kit.models.family import SDXL, detect_family, family as family_info
+from lora_kit.models.presets import PRESETS, write_preset
+from lora_kit.paths import builtin_name, cache_dir, is_builtin, shipped_model_dir
+from lora_kit.precision import training_dtype
 
 DEFAULT_MODEL = "builtin:tiny-sd15"
+logger = logging.getLogger(__name__)
 UNSHIPPED_FALLBACK = {"tiny-world": "tiny-sd15"}
 
 
@@ -52,16 +64,12 @@ def resolve_model(spec: str) -> str:
     """Turn a model spec into something `from_pretrained` reads (a local folder, file or hub id)."""
     if is_builtin(spec):
         name = builtin_name(spec)
-        from lora_kit.world.assets import shipped_model_dir  # trained tiny world, when shipped
-
-        shipped = shipped_model_dir(name)
+        shipped = shipped_model_dir(name)  # the trained tiny world, when shipped
         if shipped is not None:
             return str(shipped)
         if name in UNSHIPPED_FALLBACK:
-            import logging
-
             # An install without the trained tiny world still runs every code path on a random-init twin.
-            logging.getLogger(__name__).warning("%s is not shipped in this install; using the random-init %s", spec, UNSHIPPED_FALLBACK[name])
+            logger.warning("%s is not shipped in this install; using the random-init %s", spec, UNSHIPPED_FALLBACK[name])
             name = UNSHIPPED_FALLBACK[name]
         if name not in PRESETS:
             raise UserError(f"unknown builtin model {spec!r}; expected builtin:<{'|'.join(PRESETS)}>")
@@ -70,17 +78,6 @@ def resolve_model(spec: str) -> str:
             write_preset(name, target, seed=0)
         return str(target)
     return spec
-
-
-def detect_family(unet_config: dict, scheduler_config: dict | None) -> str:
-    """Family from the U-Net config (SDXL: text_time embedding; SD2: 1024-d cross-attention or linear proj)."""
-    if unet_config.get("addition_embed_type") == "text_time":
-        return SDXL
-    v = (scheduler_config or {}).get("prediction_type") == "v_prediction"
-    sd2 = unet_config.get("cross_attention_dim") == 1024 or bool(unet_config.get("use_linear_projection"))
-    if sd2:
-        return SD2V if v else SD2
-    return SD2V if v else SD1
 
 
 def _offline_message(spec: str, exc: Exception) -> UserError:
@@ -92,8 +89,6 @@ def _offline_message(spec: str, exc: Exception) -> UserError:
 
 
 def _single_file_pipeline(path: Path, config: str | None, dtype):
-    import diffusers
-
     is_xl = config is not None and "xl" in str(config).lower()
     cls = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
     kwargs: dict = {"torch_dtype": dtype}
@@ -110,9 +105,6 @@ def _single_file_pipeline(path: Path, config: str | None, dtype):
 
 def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, single_file_config: str | None = None, revision: str | None = None, variant: str | None = None) -> ModelBundle:
     """Load U-Net, VAE, text encoder(s), tokenizer(s) and the training noise scheduler."""
-    import torch
-    from diffusers import DDPMScheduler
-
     dtype = dtype or torch.float32
     local = resolve_model(spec)
     path = Path(local).expanduser()
@@ -123,15 +115,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, single_file_config: str
         return _bundle_from_pipeline(pipe, spec, str(path))
     if not path.exists() and (os.path.isabs(local) or local.startswith((".", "~"))):
         raise UserError(f"model path {local} does not exist")
-    import diffusers
-
     try:
         info = diffusers.DiffusionPipeline.load_config(local, revision=revision)
     except Exception as exc:  # EnvironmentError, LocalEntryNotFoundError, OfflineModeIsEnabled...
         raise _offline_message(spec, exc) from exc
     kw = {"revision": revision, "variant": variant}
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     unet = UNet2DConditionModel.from_pretrained(local, subfolder="unet", torch_dtype=dtype, **kw)
     vae = AutoencoderKL.from_pretrained(local, subfolder="vae", torch_dtype=dtype, **kw)
     noise_scheduler = DDPMScheduler.from_pretrained(local, subfolder="scheduler", revision=revision)
@@ -141,8 +129,6 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, single_file_config: str
 
 
 def _load_text_stack(local: str, info: dict, dtype, kw: dict) -> tuple[list, list]:
-    import transformers
-
     encoders, tokenizers = [], []
     for te_name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
         if te_name not in info or info[te_name][0] is None:
@@ -155,8 +141,6 @@ def _load_text_stack(local: str, info: dict, dtype, kw: dict) -> tuple[list, lis
 
 
 def _bundle_from_pipeline(pipe, spec: str, path: str) -> ModelBundle:
-    from diffusers import DDPMScheduler
-
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     tes = [t for t in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if t is not None]
     toks = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
@@ -168,3 +152,24 @@ def model_index(spec: str) -> dict:
     """model_index.json of a resolved local folder ({} if not a folder)."""
     p = Path(resolve_model(spec)) / "model_index.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+def vae_dtype(family: str, weight_dtype: torch.dtype, custom_vae: bool) -> torch.dtype:
+    """The VAE's dtype in training and latent caching (part of the latent-cache key): the weights' dtype,
+    except fp32 for a family whose stock VAE overflows in half precision (SDXL) when no replacement is given."""
+    return torch.float32 if family_info(family).fp32_vae and not custom_vae else weight_dtype
+
+
+def load_for_training(model: ModelConfig, precision: str, device) -> ModelBundle:
+    """The bundle `lora-kit train` and `lora-kit cache` start from: `model.vae` replaces the VAE,
+    `model.zero_terminal_snr` rescales the training schedule, and the frozen VAE sits on `device` in
+    `vae_dtype` (U-Net and text encoders stay fp32 on the CPU: the trainer places and casts them).
+    `precision` is accelerate's mixed_precision name ("no", "fp16", "bf16")."""
+    b = load_model(model.pretrained, revision=model.revision or None, variant=model.variant or None,
+                   single_file_config=model.single_file_config or None)
+    if model.vae:
+        b.vae = AutoencoderKL.from_pretrained(model.vae)
+    if model.zero_terminal_snr:
+        b.noise_scheduler = DDPMScheduler.from_config(b.noise_scheduler.config, rescale_betas_zero_snr=True)
+    b.vae.requires_grad_(False).eval().to(device=device, dtype=vae_dtype(b.family, training_dtype(precision), bool(model.vae)))
+    return b

@@ -8,12 +8,20 @@ CPU. `write_preset` saves a diffusers-format folder that every loader in lora-ki
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# Model families as lora-kit names them; kohya's ss_base_model_version follows from these.
-SD1, SD2, SD2V, SDXL = "sd1", "sd2", "sd2v", "sdxl"
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from lora_kit.errors import UserError
+from lora_kit.models.family import SD1, SD2V, SDXL
+from lora_kit.models.tokenizer import write_clip_tokenizer
+from lora_kit.utils import save_pretrained_atomic
 
 
 @dataclass(frozen=True)
@@ -26,8 +34,6 @@ class Preset:
 
 
 def _scheduler(prediction_type: str = "epsilon"):
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -40,8 +46,6 @@ def _scheduler(prediction_type: str = "epsilon"):
 
 
 def _vae():
-    from diffusers import AutoencoderKL
-
     # Three blocks: 4x spatial downsampling (64 px -> 16x16x4 latents), about 0.3 M parameters.
     return AutoencoderKL(
         block_out_channels=(16, 32, 32),
@@ -55,8 +59,6 @@ def _vae():
 
 
 def _clip_text(hidden: int = 32, projection: bool = False, hidden_act: str = "quick_gelu"):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     cfg = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden,
@@ -75,24 +77,14 @@ def _clip_text(hidden: int = 32, projection: bool = False, hidden_act: str = "qu
 
 
 def _tokenizer(tmp: Path, pad_token: str = "<|endoftext|>"):
-    from transformers import CLIPTokenizer
-
-    from lora_kit.models.tokenizer import write_clip_tokenizer
-
     return CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, pad_token=pad_token))
 
 
 def _seeded(seed: int):
-    import torch
-
     torch.manual_seed(seed)
 
 
 def _build_sd(seed: int, v_pred: bool, linear_proj: bool, head_dim) -> dict:
-    import tempfile
-
-    from diffusers import UNet2DConditionModel
-
     _seeded(seed)
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -121,10 +113,6 @@ def _build_sd(seed: int, v_pred: bool, linear_proj: bool, head_dim) -> dict:
 
 
 def _build_sdxl(seed: int) -> dict:
-    import tempfile
-
-    from diffusers import UNet2DConditionModel
-
     _seeded(seed)
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -169,8 +157,6 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    from lora_kit.errors import UserError
-
     if name not in PRESETS:
         raise UserError(f"unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -182,8 +168,6 @@ def build_components(name: str, seed: int = 0) -> dict:
 
 
 def pipeline_class(family: str):
-    import diffusers
-
     return diffusers.StableDiffusionXLPipeline if family == SDXL else diffusers.StableDiffusionPipeline
 
 
@@ -197,6 +181,4 @@ def build_pipeline(name: str, seed: int = 0):
 
 def write_preset(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Save a preset as a diffusers folder (atomically: a temp folder renamed into place)."""
-    from lora_kit.utils import save_pretrained_atomic
-
     return save_pretrained_atomic(build_pipeline(name, seed), out_dir)

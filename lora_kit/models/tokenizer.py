@@ -1,10 +1,10 @@
 """A real CLIP BPE tokenizer, offline.
 
 transformers' CLIPTokenizer wants vocab.json + merges.txt, which normally come from the Hub. The same
-BPE ranks ship inside the open_clip_torch wheel as `bpe_simple_vocab_16e6.txt.gz`; this module turns
-that file into the two files CLIPTokenizer reads (the construction is open_clip's SimpleTokenizer, which
-yields exactly the 49,408-entry vocabulary of openai/clip-vit-large-patch14).
-open_clip is located without importing it (its import pulls torchvision, which we avoid).
+BPE ranks are CLIP's `bpe_simple_vocab_16e6.txt.gz`, shipped with lora-kit (lora_kit/models/assets/,
+MIT, copied from the open_clip_torch wheel: see NOTICE.md there); this module turns that file into the
+two files CLIPTokenizer reads (the construction is open_clip's SimpleTokenizer, which yields exactly the
+49,408-entry vocabulary of openai/clip-vit-large-patch14).
 """
 
 from __future__ import annotations
@@ -14,25 +14,18 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from lora_kit.errors import UserError
+from transformers import CLIPTokenizer
 
-BPE_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+from lora_kit.errors import UserError
+from lora_kit.paths import CLIP_BPE_FILE
+
 VOCAB_SIZE = 49408
 
 
 def bpe_path() -> Path:
-    import importlib.metadata as md
-
-    try:
-        p = Path(md.distribution("open_clip_torch").locate_file(BPE_FILE))
-    except md.PackageNotFoundError:
-        p = None
-    if p is None or not p.is_file():
-        raise UserError(
-            "the CLIP BPE vocabulary is needed to build a tokenizer offline: "
-            "pip install --no-deps open_clip_torch (only its vocabulary file is used)"
-        )
-    return p
+    if not CLIP_BPE_FILE.is_file():  # only a broken install lacks it (it is package data)
+        raise UserError(f"the CLIP BPE vocabulary {CLIP_BPE_FILE.name} is missing from this lora-kit install; reinstall lora-kit")
+    return CLIP_BPE_FILE
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -61,8 +54,6 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 
 def write_clip_tokenizer(out_dir: str | Path, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Path:
     """Write a CLIPTokenizer folder (vocab.json, merges.txt, configs) and return it."""
-    from transformers import CLIPTokenizer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab, merges = _vocab_and_merges()

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 
 from lora_kit.config.schema import Recipe
+from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among the names it maps
 from lora_kit.train import checkpoint as ckpt
 from lora_kit.train.step import StepContext, forward_loss
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _cpu_only_multiprocess() -> bool:
@@ -80,30 +79,14 @@ class LoraTrainer:
         self._maybe_resume()
 
     def _load_model(self) -> None:
-        from lora_kit.models.loading import load_model
+        from lora_kit.models.loading import load_for_training
 
         r, acc = self.recipe, self.accelerator
         with acc.main_process_first():  # builtin presets materialise once, on the main process
-            self.bundle = load_model(
-                r.model.pretrained, revision=r.model.revision or None, variant=r.model.variant or None,
-                single_file_config=r.model.single_file_config or None,
-            )
-        b = self.bundle
-        if r.model.vae:
-            from diffusers import AutoencoderKL
-
-            b.vae = AutoencoderKL.from_pretrained(r.model.vae)
-        if r.model.zero_terminal_snr:
-            from diffusers import DDPMScheduler
-
-            b.noise_scheduler = DDPMScheduler.from_config(b.noise_scheduler.config, rescale_betas_zero_snr=True)
-        # The SDXL VAE overflows in fp16 (NaN latents); it is kept in fp32 unless the user gave a fixed VAE.
-        vae_dtype = torch.float32 if (b.is_sdxl and not r.model.vae) else self.weight_dtype
-        b.vae.requires_grad_(False).to(acc.device)
-        if b.vae.dtype != vae_dtype:
-            b.vae.to(dtype=vae_dtype)
-        self.unet = b.unet
-        self.text_encoders = b.text_encoders
+            # model + VAE override + zero-terminal-SNR schedule + VAE dtype rule, the same for `lora-kit cache`
+            self.bundle = load_for_training(r.model, acc.mixed_precision, acc.device)
+        self.unet = self.bundle.unet
+        self.text_encoders = self.bundle.text_encoders
 
     def _inject(self) -> None:
         from lora_kit.adapters.inject import inject_lora

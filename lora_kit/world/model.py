@@ -18,11 +18,25 @@ Everything here is pure construction: no training, no file I/O except the tokeni
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from lora_kit.infer.control import canny
+from lora_kit.models.tokenizer import write_clip_tokenizer
+from lora_kit.world.score import segment, to_rgb_array
 from lora_kit.world.shapes import Scene, render
 
 TOKEN_MAX_LENGTH = 32  # the longest caption of the world and its datasets, "a yellow zyk triangle on a light blue background", is 11
@@ -81,48 +95,31 @@ SCHEDULER_CONFIG = dict(
 
 
 def build_vae(seed: int = 0):
-    import torch
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     return AutoencoderKL(**VAE_CONFIG)
 
 
 def build_text_encoder(seed: int = 0):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(seed)
     return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
 
 
 def build_unet(seed: int = 0):
-    import torch
-    from diffusers import UNet2DConditionModel
-
     torch.manual_seed(seed)
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
 def build_tokenizer():
-    from transformers import CLIPTokenizer
-
-    from lora_kit.models.tokenizer import write_clip_tokenizer
-
     with tempfile.TemporaryDirectory() as tmp:
         return CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp), model_max_length=TOKEN_MAX_LENGTH))
 
 
 def training_scheduler():
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler(clip_sample=False, **SCHEDULER_CONFIG)
 
 
 def sampling_scheduler():
     """DPM-Solver++ 2M over the training schedule: the scheduler saved in the pipeline folder."""
-    from diffusers import DPMSolverMultistepScheduler
-
     return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **SCHEDULER_CONFIG)
 
 
@@ -139,15 +136,11 @@ def build_components(seed: int = 0) -> dict:
 
 
 def make_pipeline(components: dict):
-    from diffusers import StableDiffusionPipeline
-
     return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def controlnet_from_unet(unet):
     """A ControlNet initialised from the base U-Net's encoder (the standard recipe), for 3-channel edges."""
-    from diffusers import ControlNetModel
-
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING_CHANNELS)
 
 
@@ -156,15 +149,11 @@ def controlnet_from_unet(unet):
 
 def silhouette(scene: Scene) -> Image.Image:
     """The scene's shape in white on black, at the scene's canvas size (same anti-aliasing as render)."""
-    from dataclasses import replace
-
     return render(replace(scene, color="white", background="black", fill="solid")).convert("L")
 
 
 def mask_edges(mask) -> Image.Image:
     """Canny outline (white on black RGB) of a foreground mask (bool array or L image)."""
-    from lora_kit.infer.control import canny
-
     arr = np.asarray(mask)
     arr = (arr > 0).astype(np.uint8) * 255 if arr.dtype == bool else arr.astype(np.uint8)
     return canny(Image.fromarray(arr, "L"))
@@ -183,7 +172,5 @@ def scene_edges(scene: Scene) -> Image.Image:
 def image_edges(image) -> Image.Image:
     """The same kind of edge map for any picture of the world (e.g. a generated one): the Canny outline of
     the foreground lora_kit.world.score segments, whatever the colours."""
-    from lora_kit.world.score import segment, to_rgb_array
-
     mask, _ = segment(to_rgb_array(image))
     return mask_edges(mask)
