@@ -104,7 +104,7 @@ def group_modules(sd: dict) -> dict[str, dict]:
 
 def _unknown_message(keys: list[str]) -> str:
     shown = ", ".join(sorted(keys)[:12]) + (f" ... ({len(keys)} in all)" if len(keys) > 12 else "")
-    return (f"not a LoRA key lora-kit understands (LoHa/LoKr/LoCon-CP, kohya DoRA `dora_scale` and bias "
+    return (f"not a LoRA key lora-kit understands (LoCon-CP `lora_mid`, kohya DoRA `dora_scale`, GLoRA and bias "
             f"adapters are not supported): {shown}")
 
 
@@ -218,6 +218,29 @@ def _sgm_layout(parsed: ParsedLora) -> dict:
     return names.SDXL_UNET_LAYOUT if parsed.family == SDXL else names.SD1_UNET_LAYOUT
 
 
+def kohya_module_name(parsed, comp: str, mod: str) -> str:
+    """`lora_unet_<path>` / `lora_te[12]_<path>` of one module (SDXL U-Net in Stability block names)."""
+    if comp == "unet":
+        path = names.diffusers_to_sgm(mod, _sgm_layout(parsed)) if parsed.family == SDXL else mod
+        return "lora_unet_" + names.path_to_underscored(path)
+    return _kohya_te_prefix(COMPONENTS.index(comp) - 1, parsed.family) + names.path_to_underscored(mod)
+
+
+def split_kohya_name(name: str) -> tuple[str, str] | None:
+    """`lora_te1_text_model_...` -> ("lora_te1_", "text_model_..."); None when no kohya prefix."""
+    prefix = next((p for p in _KOHYA_PREFIXES if name.startswith(p)), None)
+    return None if prefix is None else (prefix, name[len(prefix):])
+
+
+def kohya_module_path(parsed, prefix: str, raw: str) -> tuple[str, str]:
+    """(component, diffusers/peft module path) of a kohya module name split by `split_kohya_name`."""
+    comp = _KOHYA_PREFIXES[prefix]
+    path = names.underscored_to_path(raw)
+    if comp == "unet" and names.is_sgm_path(path):
+        path = names.sgm_to_diffusers(path, _sgm_layout(parsed))
+    return comp, path
+
+
 def to_kohya_state_dict(parsed: ParsedLora) -> dict:
     """kohya keys: `lora_unet_<path>.lora_down.weight/.lora_up.weight/.alpha`; SDXL U-Net in Stability names."""
     if parsed.uses_dora:
@@ -226,11 +249,7 @@ def to_kohya_state_dict(parsed: ParsedLora) -> dict:
         raise UserError("DoRA adapters cannot be written as kohya files that load exactly; export the diffusers format")
     out = {}
     for comp, mod, parts in parsed.modules():
-        if comp == "unet":
-            path = names.diffusers_to_sgm(mod, _sgm_layout(parsed)) if parsed.family == SDXL else mod
-            name = "lora_unet_" + names.path_to_underscored(path)
-        else:
-            name = _kohya_te_prefix(COMPONENTS.index(comp) - 1, parsed.family) + names.path_to_underscored(mod)
+        name = kohya_module_name(parsed, comp, mod)
         down = parts["lora_A"]
         out[f"{name}.lora_down.weight"] = down
         out[f"{name}.lora_up.weight"] = parts["lora_B"]
@@ -355,6 +374,11 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
     if not sd:
         raise UserError("the file holds no tensors")
     kohya = [k for k in sd if k.startswith(tuple(_KOHYA_PREFIXES))]
+    from lora_kit.adapters import lycoris  # LoHa/LoKr (hada_*/lokr_*); imports this module, hence here
+
+    # A file mixing LoRA and LyCORIS modules is not read: its LyCORIS keys are then listed as unknown.
+    if kohya and lycoris.is_lycoris_state_dict(sd) and not any(k.endswith(tuple(_KOHYA_SUFFIX)) for k in sd):
+        return lycoris.read_kohya(sd, metadata, unet_config)
     if kohya:
         if len(kohya) != len(sd):
             raise UserError(_unknown_message([k for k in sd if k not in kohya]))

@@ -1,4 +1,4 @@
-"""Putting LoRA adapters into the U-Net (and optionally the text encoders) with peft.
+"""Putting LoRA (or LoHa/LoKr) adapters into the U-Net (and optionally the text encoders) with peft.
 
 The adapters are peft `LoraConfig`s added through diffusers' `add_adapter` (U-Net) and transformers'
 `add_adapter` (CLIP), so diffusers' `save_lora_weights`/`load_lora_weights` and peft's state-dict helpers
@@ -11,6 +11,16 @@ work on them unchanged. Target presets use kohya users' vocabulary:
 own rank and alpha (peft rank_pattern/alpha_pattern, written per module to both file formats). Attention
 layers never see the finest resolution in small U-Nets (and only see it through 1x1 projections in big
 ones), so a shape or texture the base never drew needs the convolutions to be drawn at all.
+
+`algo` = "loha" / "lokr" (LyCORIS) trains with peft's LoHaConfig / LoKrConfig instead of the
+`lycoris-lora` package that kohya and SimpleTuner use. Why: peft's layers hold LyCORIS's own tensors
+(same names, shapes, LoKr factorisation and update formulas: tests/test_lycoris.py shows the update of
+every trained module equals A1111's and ComfyUI's formulas applied to the exported file, to fp32
+rounding), and they are peft tuner layers, so diffusers' add_adapter, peft's state-dict helpers
+(checkpoints, exact resume), cast_training_params and the in-process sample grids work unchanged;
+lycoris-lora wraps the model in its own network object with its own state dict and save path.
+Speed was not compared with lycoris-lora (it is not installed here); both compute the full delta-W
+per step (peft: `make_weight`/`make_kron`, LyCORIS: `get_weight`), so no large gap is expected.
 """
 
 from __future__ import annotations
@@ -50,10 +60,22 @@ def _init(net: NetworkConfig):
     return {"default": True, "zeros": True}.get(net.init, net.init)
 
 
+def _lycoris_config(net: NetworkConfig, r: int, alpha: float, targets: list, ranks: dict, alphas: dict):
+    from peft import LoHaConfig, LoKrConfig
+
+    common = dict(r=r, alpha=alpha, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
+    if net.algo == "loha":
+        return LoHaConfig(**common, init_weights=True)  # hada_w2_b = 0: zero update at step 0
+    # LyCORIS's own init (w1 and w2_a random, w2_b or full w2 zero), as kohya users get it.
+    return LoKrConfig(**common, decompose_factor=net.factor, init_weights="lycoris")
+
+
 def unet_lora_config(net: NetworkConfig):
     from peft import LoraConfig
 
     ranks, alphas = _conv_patterns(net)
+    if getattr(net, "algo", "lora") != "lora":
+        return _lycoris_config(net, net.rank, net.alpha, unet_target_modules(net), ranks, alphas)
     return LoraConfig(
         r=net.rank,
         lora_alpha=net.alpha,
@@ -69,9 +91,12 @@ def unet_lora_config(net: NetworkConfig):
 def text_encoder_lora_config(net: NetworkConfig):
     from peft import LoraConfig
 
+    r, alpha = net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
+    if getattr(net, "algo", "lora") != "lora":
+        return _lycoris_config(net, r, alpha, TEXT_ENCODER_TARGETS, {}, {})
     return LoraConfig(
-        r=net.text_encoder_rank or net.rank,
-        lora_alpha=net.text_encoder_alpha or net.alpha,
+        r=r,
+        lora_alpha=alpha,
         lora_dropout=net.dropout,
         init_lora_weights=_init(net),
         target_modules=TEXT_ENCODER_TARGETS,

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from lora_kit.adapters import formats, hashes, metadata as md, names
+from lora_kit.adapters import formats, hashes, lycoris, metadata as md, names
 from lora_kit.errors import UserError
 from lora_kit.models.family import detect_family
 
@@ -165,8 +165,21 @@ def _layout_metadata(parsed: formats.ParsedLora) -> dict:
 
 def write_kohya_lora(path, parsed: formats.ParsedLora, metadata: dict | None = None, precision: str | None = "fp16",
                      *, overwrite: bool = False) -> Path:
+    if isinstance(parsed, lycoris.ParsedLycoris):
+        return write_lycoris(path, parsed, metadata, precision, overwrite=overwrite)
     tensors = formats.to_kohya_state_dict(formats.ParsedLora(**{**parsed.__dict__, **_cast_parsed(parsed, precision)}))
     return save_lora_file(path, tensors, kohya_file_metadata(parsed, metadata), precision, overwrite=overwrite)
+
+
+def write_lycoris(path, parsed, metadata: dict | None = None, precision: str | None = "fp16", *, overwrite: bool = False) -> Path:
+    """A LoHa/LoKr file in the kohya/LyCORIS layout (A1111/ComfyUI load it natively)."""
+    cast = lycoris.ParsedLycoris(**{**parsed.__dict__, **_cast_parsed(parsed, precision)})
+    dim, alpha = lycoris.summary_rank_alpha(parsed)
+    meta = {**md.minimum_kohya_metadata(parsed.family, dim, alpha), **(metadata or {}), **_layout_metadata(parsed)}
+    if meta["ss_network_module"] != lycoris.NETWORK_MODULE:  # e.g. converting a file without metadata
+        meta = lycoris.network_metadata(meta, parsed.algo)
+    meta = {k: str(v) for k, v in meta.items() if k != "lora_adapter_metadata"}
+    return save_lora_file(path, lycoris.to_kohya_state_dict(cast), meta, precision, overwrite=overwrite)
 
 
 def _cast_parsed(parsed: formats.ParsedLora, precision: str | None) -> dict:
@@ -203,7 +216,11 @@ def write_adapter_files(out_dir, name: str, unet_sd: dict, te_sds: list, info: d
     """End of training: `<name>.safetensors` (kohya + ss_* metadata) and the diffusers file, from peft state dicts.
 
     `unet_config` / `text_encoder_config` are the peft LoraConfigs used for training (alphas, patterns).
+    LoHa/LoKr (peft LoHaConfig/LoKrConfig): the kohya/LyCORIS file only (no diffusers layout exists).
     """
+    if lycoris.is_lycoris_state_dict(unet_sd) or any(lycoris.is_lycoris_state_dict(sd) for sd in te_sds or []):
+        return _write_lycoris_files(out_dir, name, unet_sd, te_sds, info, unet_config, text_encoder_config,
+                                    unet_model_config, precision, overwrite)
     alphas = {}
     if unet_sd:
         alphas.update(formats.alphas_from_lora_config(unet_config, "unet", formats.normalize_peft_sd(unet_sd)))
@@ -224,6 +241,15 @@ def write_adapter_files(out_dir, name: str, unet_sd: dict, te_sds: list, info: d
         files["kohya"] = write_kohya_lora(out_dir / f"{name}.safetensors", parsed, meta, precision, overwrite=overwrite)
     files["diffusers"] = write_diffusers_lora(out_dir / diffusers_name, parsed, precision, _diffusers_side_metadata(meta), overwrite=overwrite)
     return files
+
+
+def _write_lycoris_files(out_dir, name, unet_sd, te_sds, info, unet_config, text_encoder_config, unet_model_config,
+                         precision, overwrite) -> dict[str, Path]:
+    parsed = lycoris.from_peft(unet_sd, te_sds, unet_config, text_encoder_config, info.get("family"), unet_model_config)
+    factor = getattr(unet_config, "decompose_factor", None)
+    meta = lycoris.network_metadata(md.build_kohya_metadata(info), parsed.algo, factor)
+    logger.info("%s adapter: writing only the kohya/LyCORIS file (diffusers has no LoHa/LoKr layout)", parsed.algo)
+    return {"kohya": write_lycoris(Path(out_dir) / f"{name}.safetensors", parsed, meta, precision, overwrite=overwrite)}
 
 
 def _diffusers_side_metadata(meta: dict) -> dict:

@@ -27,6 +27,7 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[network] conv_rank", f"expected conv_rank >= 0 and conv_alpha >= 0 (0 = off / = conv_rank), got {r.network.conv_rank} and {r.network.conv_alpha}")
     if r.network.conv_rank and r.network.use_dora:
         _fail(r, "[network] conv_rank", "conv_rank with use_dora = true: DoRA files have no kohya layout for convolutions; set conv_rank = 0 or use_dora = false")
+    check_lycoris(r)
     if r.network.target == "custom" and not r.network.target_modules:
         _fail(r, "[network] target_modules", "target = \"custom\" needs a list of module names")
     if r.network.target not in ("attn", "attn-ff", "custom"):
@@ -59,6 +60,22 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")
     check_validation(r)
     check_ranges(r)
+
+
+def check_lycoris(r: Recipe) -> None:
+    n = r.network
+    if n.algo == "lora":
+        if n.factor != -1:
+            _fail(r, "[network] factor", f"only used by algo = \"lokr\"; remove it or set algo = \"lokr\" (got {n.factor})")
+        return
+    if n.use_dora:
+        _fail(r, "[network] use_dora", f"DoRA is a LoRA variant; set use_dora = false with algo = \"{n.algo}\"")
+    if n.dropout:
+        _fail(r, "[network] dropout", f"peft's LoHa/LoKr have no neuron dropout; set dropout = 0 with algo = \"{n.algo}\"")
+    if n.init not in ("gaussian", "default", "zeros"):
+        _fail(r, "[network] init", f"{n.init!r} initialises LoRA only; remove it with algo = \"{n.algo}\" (LyCORIS's own init is used)")
+    if n.factor == 0 or n.factor < -1:
+        _fail(r, "[network] factor", f"expected -1 (automatic) or an integer >= 1, got {n.factor}")
 
 
 def check_paths(r: Recipe) -> None:

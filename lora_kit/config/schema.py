@@ -82,6 +82,10 @@ class NetworkConfig:
     conv_alpha: float = 0.0  # kohya conv_alpha; 0 = conv_rank (scale 1)
     init: Literal["gaussian", "default", "pissa", "olora", "loftq", "zeros"] = "gaussian"
     use_dora: bool = False
+    # LyCORIS algorithm (kohya network_args algo=...): lora, loha (Hadamard product of two low-rank
+    # pairs) or lokr (Kronecker product); conv_rank/conv_alpha give the convolutions' dims for each.
+    algo: Literal["lora", "loha", "lokr"] = "lora"
+    factor: int = -1  # LoKr: Kronecker factor of each dimension (kohya/LyCORIS factor; -1 = near the square root)
     train_text_encoder: bool = False
     text_encoder_rank: int = 0  # 0 = same as rank
     text_encoder_alpha: float = 0.0  # 0 = same as alpha

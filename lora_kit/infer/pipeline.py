@@ -10,6 +10,11 @@ residue in the base weights (W + d - d != W, ~1e-8). That residue is enough to f
 would not reproduce byte-for-byte depending on which weight sets were fused before it. `LoraPipeline`
 keeps a (CPU) copy of every LoRA-wrapped base weight taken before the first fuse and copies it back after
 each unfuse, making the fused path exactly "pristine base + this weight set" every time.
+
+LyCORIS LoHa/LoKr files are the other exception: diffusers' `load_lora_weights` rejects them (diffusers
+#3087, #11943), so LoraPipeline reads them itself and adds weight * delta-W (lora_kit.adapters.lycoris, the
+A1111/ComfyUI formula) to the snapshotted base weights, on top of any fused or unfused LoRAs: stacked,
+weighted and undone exactly like LoRAs, but always fused, even when `fuse` is False.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from lora_kit.adapters import lycoris
 from lora_kit.errors import UserError
 from lora_kit.infer.control import load_controlnet, prepare_control_image
 from lora_kit.infer.schedulers import make_scheduler
@@ -103,6 +109,17 @@ def _quiet_loaders():
         dlog.set_verbosity(levels[1])
 
 
+def _is_lycoris_file(path: str) -> bool:
+    from safetensors import safe_open
+
+    from lora_kit.adapters.io import _sniff
+
+    if _sniff(Path(path)) != "safetensors":
+        return False
+    with safe_open(path, framework="pt") as f:  # key names only, no tensor is read
+        return lycoris.is_lycoris_state_dict(dict.fromkeys(f.keys()))
+
+
 def _family_of(unet) -> str:
     from lora_kit.models.loading import detect_family
 
@@ -121,6 +138,8 @@ class LoraPipeline:
         self._adapters: dict[str, str] = {}  # file path -> adapter name
         self._state: tuple | None = None  # (weight_key, fused) currently applied
         self._fused = False
+        self._lycoris: dict = {}  # file path -> ParsedLycoris (LoHa/LoKr files, applied by hand)
+        self._lycoris_applied = False
         self._snapshot: dict[int, tuple] = {}
         self._hashes: dict[str, str] = {}
         # Every sampler is built from the model's own scheduler config, never from the previous sampler's.
@@ -197,9 +216,9 @@ class LoraPipeline:
                 if isinstance(layer, BaseTunerLayer):
                     yield layer
 
-    def _take_snapshot(self) -> None:
-        for layer in self._lora_layers():
-            base = layer.get_base_layer()
+    def _take_snapshot(self, modules=None) -> None:
+        """CPU copies of pristine base weights: every LoRA-wrapped layer, or the given modules."""
+        for base in modules if modules is not None else (layer.get_base_layer() for layer in self._lora_layers()):
             if id(base) not in self._snapshot:
                 bias = None if getattr(base, "bias", None) is None else base.bias.detach().to("cpu", copy=True)
                 self._snapshot[id(base)] = (base, base.weight.detach().to("cpu", copy=True), bias)
@@ -219,8 +238,9 @@ class LoraPipeline:
                 # peft warns for layers of adapters that were not part of this fuse: expected here.
                 warnings.filterwarnings("ignore", message="Already unmerged")
                 self.pipe.unfuse_lora()
+        if self._fused or self._lycoris_applied:
             self._restore_snapshot()
-            self._fused = False
+        self._fused = self._lycoris_applied = False
 
     def _ensure_loaded(self, loras: list[LoraRef]) -> list[str]:
         """Load the files `loras` need. When a new file comes in, adapters of files no longer used are
@@ -228,18 +248,26 @@ class LoraPipeline:
         checkpoint axis); a weight-0 cell only disables them."""
         wanted = {lo.path for lo in loras if lo.path}
         stale = [p for p in self._adapters if p not in wanted]
-        if stale and wanted - set(self._adapters):
+        new = wanted - set(self._adapters) - set(self._lycoris)
+        if stale and new:
             self.pipe.delete_adapters([self._adapters.pop(p) for p in stale])
+        if new:
+            self._lycoris = {p: v for p, v in self._lycoris.items() if p in wanted}
         for lo in loras:
-            if lo.path and lo.path not in self._adapters:
+            if lo.path and lo.path not in self._adapters and lo.path not in self._lycoris:
                 if not Path(lo.path).is_file():
                     raise UserError(f"LoRA file {lo.path} does not exist")
+                if _is_lycoris_file(lo.path):  # LoHa/LoKr: diffusers rejects them, applied by hand
+                    from lora_kit.adapters.io import read_lora_file
+
+                    self._lycoris[lo.path] = read_lora_file(lo.path, unet_config=dict(self.pipe.unet.config))
+                    continue
                 name = _adapter_name(lo.name, set(self._adapters.values()))
                 with _quiet_loaders(), warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # we stack on purpose
                     self.pipe.load_lora_weights(lo.path, adapter_name=name)
                 self._adapters[lo.path] = name
-        return [self._adapters[lo.path] for lo in loras if lo.path]
+        return [self._adapters[lo.path] for lo in loras if lo.path in self._adapters]
 
     def apply_loras(self, loras: list[LoraRef], fuse: bool = True) -> None:
         """Make the model compute base + sum(weight_i * delta_i); fused into the weights if `fuse`."""
@@ -249,19 +277,25 @@ class LoraPipeline:
             return
         self._unfuse()
         names = self._ensure_loaded(active)
-        if not self._adapters:
-            self._state = key
-            return
-        if not active:
+        lycos = [(self._lycoris[lo.path], float(lo.weight)) for lo in active if lo.path in self._lycoris]
+        if lycos:  # before any LoRA fuse touches a base weight they share
+            self._take_snapshot([m for parsed, _ in lycos for m in lycoris.target_modules(parsed, self._roots())])
+        if self._adapters and not names:
             self.pipe.disable_lora()  # exact base: adapters skipped, weights pristine
-        else:
+        elif names:
             self.pipe.enable_lora()
-            self.pipe.set_adapters(names, [float(lo.weight) for lo in active])
+            self.pipe.set_adapters(names, [float(lo.weight) for lo in active if lo.path in self._adapters])
             if fuse:
                 self._take_snapshot()
                 self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
                 self._fused = True
+        for parsed, weight in lycos:  # always fused: W + weight * delta-W, undone from the snapshot
+            lycoris.apply(parsed, self._roots(), weight)
+            self._lycoris_applied = True
         self._state = key
+
+    def _roots(self) -> dict:
+        return {c: getattr(self.pipe, c, None) for c in ("unet", "text_encoder", "text_encoder_2")}
 
     def unfuse(self) -> None:
         """Back to exact base weights (the adapters stay loaded; the next apply_loras re-fuses)."""
@@ -274,6 +308,7 @@ class LoraPipeline:
         if self._adapters:
             self.pipe.delete_adapters(list(self._adapters.values()))
             self._adapters.clear()
+        self._lycoris.clear()
         self._state = None
 
     # ------------------------------------------------------------------ generation

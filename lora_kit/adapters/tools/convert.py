@@ -2,6 +2,8 @@
 
 Lossless: tensors are copied (or cast with --precision), alphas are kept (kohya `.alpha` tensors <->
 diffusers `lora_adapter_metadata`), metadata is carried over and the sshs_* hashes are recomputed.
+LyCORIS LoHa/LoKr files only convert to kohya (a rewrite: SDXL names, precision); diffusers has no layout
+for them, so `--to diffusers` is refused in one line.
 
 SDXL kohya files use Stability's U-Net block names, whose numbering depends on the U-Net's layout.
 The real SDXL layout is the default; files lora-kit wrote for a smaller U-Net record theirs; for any
@@ -52,7 +54,7 @@ def base_unet_config(base: str | None, unet_config: str | None) -> tuple[dict | 
 
 def convert_file(src, to: str, out, *, precision: str | None = None, family: str | None = None,
                  unet_config: dict | None = None, allow_pickle: bool = False, overwrite: bool = False) -> Path:
-    from lora_kit.adapters import io, names
+    from lora_kit.adapters import formats, io, names
 
     parsed = io.read_lora_file(src, allow_pickle=allow_pickle, unet_config=unet_config)
     if family:
@@ -60,6 +62,9 @@ def convert_file(src, to: str, out, *, precision: str | None = None, family: str
     if unet_config is not None and parsed.family == "sdxl":
         parsed.unet_layout = names.layout_from_config(unet_config)
     meta = {k: v for k, v in parsed.metadata.items() if not k.startswith("sshs_") and k != "format"}
+    if to == "diffusers" and not isinstance(parsed, formats.ParsedLora):
+        raise UserError(f"{Path(src).name} is a LyCORIS {parsed.algo} file: diffusers has no LoHa/LoKr layout "
+                        "(load_lora_weights rejects them); keep the kohya/LyCORIS file")
     if to == "kohya":
         return io.write_kohya_lora(out, parsed, meta, precision, overwrite=overwrite)
     return io.write_diffusers_lora(out, parsed, precision, meta, overwrite=overwrite)

@@ -40,9 +40,10 @@ def describe(path, allow_pickle: bool = False) -> dict:
     tensors, meta = io.load_lora_file(path, allow_pickle=allow_pickle)
     parsed = read_lora_state_dict(tensors, meta)
     groups: dict[str, Counter] = defaultdict(Counter)
-    for comp, mod, parts in parsed.modules():
+    ranks = parsed.ranks  # LoKr with two full factors: None (A1111/ComfyUI then apply scale 1)
+    for comp, mod, _ in parsed.modules():
         key = f"{comp}.{mod}"
-        groups[module_group(comp, mod)][(parts["lora_A"].shape[0], parsed.alphas[key])] += 1
+        groups[module_group(comp, mod)][(ranks[key], parsed.alphas.get(key))] += 1
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in tensors.values())
     info = {
         "file": path.name,
@@ -53,7 +54,9 @@ def describe(path, allow_pickle: bool = False) -> dict:
         "parameters": parsed.num_parameters(),
         "dtypes": dict(dtypes),
         "dora": parsed.uses_dora,
-        "groups": {g: [{"rank": r, "alpha": a, "scale": a / r, "modules": n} for (r, a), n in sorted(c.items())]
+        "algo": getattr(parsed, "algo", "lora"),  # lora, or LyCORIS loha / lokr
+        "groups": {g: [{"rank": r, "alpha": a, "scale": a / r if r and a is not None else 1.0, "modules": n}
+                       for (r, a), n in sorted(c.items(), key=lambda x: (x[0][0] or 0, x[0][1] or 0))]
                    for g, c in sorted(groups.items())},
         "metadata": {k: meta[k] for k in SUMMARY_KEYS if k in meta},
         "hashes": hashes.file_hashes(path) if io._sniff(path) == "safetensors" else {"sha256": hashes.sha256_file(path)},
@@ -88,13 +91,14 @@ def _human(n: int) -> str:
 def format_text(info: dict, all_metadata: bool = False) -> str:
     lines = [
         f"file        {info['file']}  ({_human(info['size_bytes'])}, {', '.join(f'{k} x{v}' for k, v in info['dtypes'].items())})",
-        f"format      {info['format']}   family {info['family']}" + ("   DoRA" if info["dora"] else ""),
+        f"format      {info['format']}   family {info['family']}   algo {info['algo']}" + ("   DoRA" if info["dora"] else ""),
         f"modules     {info['modules']}   parameters {info['parameters']:,}",
         "rank/alpha  (scale = alpha/rank = strength at weight 1.0)",
     ]
     for group, entries in info["groups"].items():
         for e in entries:
-            lines.append(f"  {group:<16} rank {e['rank']:<4} alpha {e['alpha']:<8g} scale {e['scale']:<8.4g} x{e['modules']}")
+            rank, alpha = e["rank"] or "full", "-" if e["alpha"] is None else f"{e['alpha']:g}"
+            lines.append(f"  {group:<16} rank {rank:<4} alpha {alpha:<8} scale {e['scale']:<8.4g} x{e['modules']}")
     if info["metadata"]:
         lines.append("metadata")
         lines += [f"  {k:<26} {_short(v)}" for k, v in info["metadata"].items()]

@@ -4,7 +4,8 @@ All the arithmetic is diffusers': `load_lora_weights` (one adapter per file), `s
 `fuse_lora` (W += scale * alpha/r * up @ down) and `unload_lora_weights`. lora-kit first reads each file
 with its own reader (any supported layout, unknown keys refused) and hands diffusers a temporary
 diffusers-format file whose `lora_adapter_metadata` carries the trained alphas, so every input loads
-at its trained strength.
+at its trained strength. LyCORIS LoHa/LoKr files, which diffusers rejects, are added afterwards with
+lora_kit.adapters.lycoris.apply (W += scale * delta-W, the A1111/ComfyUI formula).
 
 The output is a diffusers folder, not a single .safetensors checkpoint: A1111/ComfyUI single files use
 Stability's key names for U-Net, VAE and text encoders, and diffusers ships that conversion only as a
@@ -74,7 +75,9 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
     import torch
     from tqdm.auto import tqdm
 
+    from lora_kit.adapters import lycoris
     from lora_kit.adapters.io import read_lora_file, write_diffusers_lora
+    from lora_kit.adapters.lycoris import ParsedLycoris
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -82,19 +85,26 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     pipe = _load_pipeline(base, torch.float32)  # fuse in fp32, cast when saving
     family = _family(pipe)
-    adapter_names = []
+    adapter_names, scales, lycos = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (path, _) in enumerate(tqdm(loras, desc="loading LoRAs", unit="file")):
+        for i, (path, scale) in enumerate(tqdm(loras, desc="loading LoRAs", unit="file")):
             parsed = read_lora_file(path, allow_pickle=allow_pickle, unet_config=dict(pipe.unet.config))
             _check_family(parsed, family, path)
+            if isinstance(parsed, ParsedLycoris):  # diffusers cannot load LoHa/LoKr: added below, exactly
+                lycos.append((parsed, scale))
+                continue
             staged = write_diffusers_lora(Path(tmp) / f"lora{i}.safetensors", parsed, precision="fp32")
             name = f"lora{i}"
             pipe.load_lora_weights(str(staged), adapter_name=name)
             adapter_names.append(name)
-    pipe.set_adapters(adapter_names, adapter_weights=[s for _, s in loras])
+            scales.append(scale)
     components = [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None]
-    pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=adapter_names)
-    pipe.unload_lora_weights()
+    if adapter_names:
+        pipe.set_adapters(adapter_names, adapter_weights=scales)
+        pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=adapter_names)
+        pipe.unload_lora_weights()
+    for parsed, scale in lycos:
+        lycoris.apply(parsed, {c: getattr(pipe, c) for c in components}, scale)
     pipe.to(torch_dtype)
     return _save_pipeline(pipe, out)
 

@@ -86,6 +86,8 @@ def resize_parsed(parsed, rank: int, dynamic_energy: float | None = None):
         raise UserError("--dynamic-energy must be in (0, 1]")
     if parsed.uses_dora:
         raise UserError("resizing DoRA adapters is not supported (the magnitude vectors depend on the rank)")
+    if not isinstance(parsed, ParsedLora):
+        raise UserError(f"resize changes LoRA ranks; a LyCORIS {parsed.algo} file has no up @ down factors to re-factorise")
     new = ParsedLora(family=parsed.family, source_format=parsed.source_format, metadata=dict(parsed.metadata),
                      unet_layout=parsed.unet_layout, text_encoders=[{} for _ in parsed.text_encoders])
     reports = []
