@@ -129,10 +129,10 @@ def _loaded_batches(pool: ThreadPoolExecutor, pending: list[ImageItem], size: in
         yield batch, [it for it, im in zip(batch, images) if im is not None], [im for im in images if im is not None]
 
 
-def _scan(root: Path, store) -> list[ImageItem]:
+def _scan(root: Path, store, skips: SkipCounter) -> list[ImageItem]:
     """The dataset's images; of several sharing one sidecar (a.png, a.jpg) only the first is kept."""
     items, owners = [], {}
-    for item in scan_dataset(root, getattr(store, "extension", ".txt")):
+    for item in scan_dataset(root, getattr(store, "extension", ".txt"), skips.skip):
         key = store.path_for(item) if hasattr(store, "path_for") else item.rel
         if key in owners:
             log.warning("%s and %s would share one caption file; only the first is captioned", owners[key], item.rel)
@@ -169,12 +169,14 @@ def caption_dataset(dataset: str | Path, captioner: Captioner, options: CaptionO
     options = options or CaptionOptions()
     root = Path(dataset)
     store = make_store(root, options.output, options.extension)
-    items = _scan(root, store)
-    report = CaptionReport(total=len(items), target=store.target)
+    skips = SkipCounter()
+    items = _scan(root, store, skips)
+    if hasattr(store, "adopt") and not options.dry_run:
+        store.adopt(items)  # metadata.jsonl replaces the sidecars for training: carry their captions over
+    report = CaptionReport(total=len(items) + skips.count, target=store.target)
     progress = ProgressLog(root, _signature("caption", captioner, options))
     done = {} if options.dry_run else progress.load()
     pending = _select(items, store, done, options, report)
-    skips = SkipCounter()
     if not options.dry_run:
         progress.start(done)
     finished = False
@@ -218,8 +220,9 @@ def edit_dataset(dataset: str | Path, options: CaptionOptions | None = None) -> 
     options = options or CaptionOptions()
     root = Path(dataset)
     store = make_store(root, options.output, options.extension)
-    items = _scan(root, store)
-    report = CaptionReport(total=len(items), target=store.target)
+    skips = SkipCounter()
+    items = _scan(root, store, skips)
+    report = CaptionReport(total=len(items) + skips.count, target=store.target, unreadable=skips.count)
     progress = ProgressLog(root, _signature("edit", None, options))
     done = {} if options.dry_run else progress.load()
     if not options.dry_run:

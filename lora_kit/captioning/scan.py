@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lora_kit.data.layout import ImageRecord, find_images, parse_kohya_folder, record_for
+from lora_kit.data.layout import ImageRecord, SkipFn, find_images, parse_kohya_folder, record_for, warn_skip
 from lora_kit.errors import UserError
 
 ImageItem = ImageRecord  # the captioning API's name for a dataset image; one record type for both
@@ -24,9 +24,10 @@ def make_item(root: Path, path: Path) -> ImageItem:
     return record_for(root, path)
 
 
-def scan_dataset(root: str | os.PathLike, extension: str = ".txt") -> list[ImageItem]:
-    """Every image under `root` (recursively), with the caption training would read (`extension` first)."""
+def scan_dataset(root: str | os.PathLike, extension: str = ".txt", on_skip: SkipFn = warn_skip) -> list[ImageItem]:
+    """Every image under `root` (recursively), with the caption training would read (`extension` first);
+    FIFOs, devices and links that lead nowhere are reported through `on_skip`."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
-    return find_images(root, extension)
+    return find_images(root, extension, on_skip=on_skip)

@@ -101,6 +101,18 @@ class JsonlStore:
                 except (ValueError, KeyError, TypeError) as exc:
                     raise UserError(f"{self.path}:{n}: not an imagefolder metadata line ({exc})") from None
 
+    def adopt(self, items: Iterable[ImageItem]) -> int:
+        """Copy the sidecar caption of each image that has no record yet (the scan read it), so switching
+        to metadata.jsonl loses no caption: once the file exists the trainer reads it, not the sidecars."""
+        n = 0
+        for item in items:
+            if item.rel not in self.records and item.caption:
+                self.set(item.rel, item.caption)
+                n += 1
+        if n:
+            log.info("%d sidecar caption(s) copied into %s", n, METADATA_FILE)
+        return n
+
     def existing(self, item: ImageItem) -> str | None:
         rec = self.records.get(item.rel)
         return None if rec is None or rec.get("text") is None else str(rec["text"]).strip()

@@ -134,10 +134,8 @@ def decode_text(data: bytes, name: str) -> str:
         data = data[3:]
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return _clean(data.decode("utf-16", errors="replace"), name)
-    elif b"\x00" in data and len(data) >= 2:
-        # UTF-16 without a BOM: the NULs sit at the odd (little-endian) or even (big-endian) positions.
-        codec = "utf-16-le" if data[1::2].count(0) >= data[0::2].count(0) else "utf-16-be"
-        log.warning("caption file %s is UTF-16 without a byte-order mark; read as %s", name, codec)
+    elif (codec := _bomless_utf16(data)) is not None:
+        log.warning("%s is UTF-16 without a byte-order mark; read as %s", name, codec)
         return _clean(data.decode(codec, errors="replace"), name)
     try:
         return _clean(data.decode("utf-8"), name)
@@ -145,6 +143,14 @@ def decode_text(data: bytes, name: str) -> str:
         log.warning("%s is not UTF-8 (byte 0x%02x at %d); read as Windows-1252: save it as UTF-8 to be sure",
                     name, data[exc.start], exc.start)
         return _clean(data.decode("cp1252", errors="replace"), name)
+
+
+def _bomless_utf16(data: bytes) -> Optional[str]:
+    """"utf-16-le"/"-be" when the NULs of mostly-ASCII UTF-16 sit on one byte parity, else None."""
+    odd, even = data[1::2].count(0), data[0::2].count(0)
+    if len(data) < 2 or len(data) % 2 or max(odd, even) < len(data) // 4 or min(odd, even) > max(odd, even) // 4:
+        return None
+    return "utf-16-le" if odd > even else "utf-16-be"
 
 
 def _clean(text: str, name: str) -> str:
@@ -209,11 +215,11 @@ def _relevant(name: str) -> bool:
 SkipFn = Callable[[str, str], None]
 
 
-def _warn_skip(path: str, reason: str) -> None:
+def warn_skip(path: str, reason: str) -> None:
     log.warning("skipping %s: %s", Path(path).name, reason)
 
 
-def list_folder(folder: Path, label: str, on_skip: SkipFn = _warn_skip) -> tuple[set[str], list[Path]]:
+def list_folder(folder: Path, label: str, on_skip: SkipFn = warn_skip) -> tuple[set[str], list[Path]]:
     """(regular file names, sub-folders) of one folder, hidden entries left out.
 
     Non-regular entries named like an image or a caption are reported through `on_skip` (one line each).
@@ -252,7 +258,7 @@ def list_folder(folder: Path, label: str, on_skip: SkipFn = _warn_skip) -> tuple
     return files, sorted(dirs, key=lambda p: p.name)
 
 
-def walk(folder: Path, root: Path, recursive: bool, on_skip: SkipFn = _warn_skip,
+def walk(folder: Path, root: Path, recursive: bool, on_skip: SkipFn = warn_skip,
          _ancestors: tuple = ()) -> Iterator[tuple[Path, set[str]]]:
     """(folder, regular file names) for `folder` and, if `recursive`, its sub-folders in name order.
 
@@ -295,7 +301,7 @@ def concept_of(first_part: Optional[str], root: Path, repeats: int, tokens: Opti
 
 
 def find_images(root: Path, extension: str = ".txt", repeats: int = 1, tokens: Optional[str] = None,
-                is_reg: bool = False, on_skip: SkipFn = _warn_skip) -> list[ImageRecord]:
+                is_reg: bool = False, on_skip: SkipFn = warn_skip) -> list[ImageRecord]:
     """Every image of a kohya-style tree under `root`, in a stable order, with its caption
     (sidecar), repeats and class tokens; `size` is left None for the caller to read."""
     root = Path(root)
