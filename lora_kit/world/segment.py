@@ -93,9 +93,18 @@ def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 def hull_area(mask: np.ndarray) -> float:
     """Area of the convex hull of the mask's pixel squares (Andrew's monotone chain over pixel corners)."""
+    hull = hull_points(mask)
+    if len(hull) == 0:
+        return 0.0
+    x, y = hull[:, 0], hull[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def hull_points(mask: np.ndarray) -> np.ndarray:
+    """(N, 2) x, y vertices of the convex hull of the mask's pixel squares, counter-clockwise; empty if none."""
     rows = np.nonzero(mask.any(axis=1))[0]
     if len(rows) == 0:
-        return 0.0
+        return np.zeros((0, 2))
     # Only the outer corners of each row's leftmost and rightmost pixels can be hull vertices.
     left = np.argmax(mask[rows], axis=1)
     right = mask.shape[1] - np.argmax(mask[rows, ::-1], axis=1)
@@ -111,9 +120,7 @@ def hull_area(mask: np.ndarray) -> float:
         while len(upper) >= 2 and _cross(upper[-2], upper[-1], p) <= 0:
             upper.pop()
         upper.append(p)
-    hull = np.array(lower[:-1] + upper[:-1])
-    x, y = hull[:, 0], hull[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+    return np.array(lower[:-1] + upper[:-1])
 
 
 def radial_peaks(mask: np.ndarray, bins: int = 36, prominence: float = 0.15) -> int:

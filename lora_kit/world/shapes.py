@@ -25,6 +25,11 @@ from PIL import Image, ImageDraw
 BASE_SHAPES = ("circle", "square", "triangle", "diamond")
 CONCEPT_SHAPES = ("star",)
 SHAPES = BASE_SHAPES + CONCEPT_SHAPES
+# Shapes the generator can draw but no shipped model or dataset uses: they exist to test that the scorer
+# and the LoRA recipes generalise to concepts nobody tuned them on. Never part of SHAPES, so every
+# existing draw from SHAPES (and the shipped datasets) is unchanged.
+EXTRA_SHAPES = ("hexagon", "cross", "heart")
+ALL_SHAPES = SHAPES + EXTRA_SHAPES
 
 # Saturated, well separated colours: the nearest-colour namer in score.py must never hesitate.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -46,6 +51,17 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 BASE_FILLS = ("solid",)
 CONCEPT_FILLS = ("stripes",)
 FILLS = BASE_FILLS + CONCEPT_FILLS
+# Periodic fills beyond the demo's "/" stripes (same rule as EXTRA_SHAPES): horizontal and vertical
+# bands, "\\" stripes, a checkerboard and a square grid of dots, all two-coloured like the stripes.
+EXTRA_FILLS = ("hstripes", "vstripes", "backslash", "checker", "dots")
+ALL_FILLS = FILLS + EXTRA_FILLS
+# The word a caption uses for each fill (describe's fill_word replaces the demo stripes' "striped").
+FILL_WORDS = {"stripes": "striped", "hstripes": "horizontally striped", "vstripes": "vertically striped",
+              "backslash": "backslash striped", "checker": "checkered", "dots": "dotted"}
+# Period in pixels of the extra fills along their axis (checker: two 8 px cells; dots: grid pitch).
+FILL_PERIOD = 16
+DOT_RADIUS = 5.0
+DOTS_MIN_SIZE = 36  # a dotted shape shows at least two dots a side (at 28 px a star held two dots in all)
 
 # (width, height), all multiples of 8 (4x VAE, then one U-Net downsampling) and all close to 64*64
 # pixels in area, like SDXL's buckets around 1024*1024.
@@ -92,7 +108,7 @@ def stripe_tint(color: str) -> tuple[int, int, int]:
 
 
 def fill_colors(color: str, fill: str) -> list[tuple[int, int, int]]:
-    return [COLORS[color]] + ([stripe_tint(color)] if fill == "stripes" else [])
+    return [COLORS[color]] + ([stripe_tint(color)] if fill != "solid" else [])
 
 
 def _distance(a: Sequence[int], b: Sequence[int]) -> float:
@@ -114,6 +130,10 @@ def shape_extent(shape: str, size: int) -> tuple[float, float]:
     if shape == "star":  # regular five-pointed star, point up: 2R sin 72 wide, R (1 + cos 36) tall
         r = size / (2 * math.sin(math.radians(72)))
         return float(size), r * (1 + math.cos(math.radians(36)))
+    if shape == "hexagon":  # regular, a vertex up: sqrt(3)/2 as wide as tall
+        return size * math.sqrt(3) / 2, float(size)
+    if shape == "heart":  # the classic parametric heart, as tall as 0.88 of its width
+        return float(size), size * _HEART_ASPECT
     return float(size), float(size)
 
 
@@ -137,7 +157,7 @@ def sample_scene(
     """
     shapes, colors, backgrounds = tuple(shapes), tuple(colors), tuple(backgrounds)
     fills, canvases = tuple(fills), tuple(canvases)
-    for name, pool, known in (("shape", shapes, SHAPES), ("color", colors, COLORS), ("background", backgrounds, BACKGROUNDS), ("fill", fills, FILLS)):
+    for name, pool, known in (("shape", shapes, ALL_SHAPES), ("color", colors, COLORS), ("background", backgrounds, BACKGROUNDS), ("fill", fills, ALL_FILLS)):
         unknown = [v for v in pool if v not in known]
         if not pool or unknown:
             raise ValueError(f"{name} must be a non-empty choice of {', '.join(known)}; got {list(pool)}")
@@ -151,8 +171,8 @@ def sample_scene(
             break
     short = min(width, height)
     lo, hi = (int(round(f * short)) for f in size_range)
-    if fill == "stripes":
-        lo = max(lo, STRIPE_MIN_SIZE)
+    if fill != "solid":  # any texture (the stripes' rule, unchanged for them)
+        lo = max(lo, DOTS_MIN_SIZE if fill == "dots" else STRIPE_MIN_SIZE)
     size = int(rng.integers(lo, min(hi, short - 2 * MARGIN) + 1))
     ew, eh = shape_extent(shape, size)
     cx = int(rng.integers(math.ceil(MARGIN + ew / 2), math.floor(width - MARGIN - ew / 2) + 1))
@@ -182,9 +202,34 @@ def shape_polygon(scene: Scene, scale: float = 1.0) -> list[tuple[float, float]]
             r = r_out if k % 2 == 0 else r_in
             a = math.radians(-90 + 36 * k)
             pts.append((ox + r * math.cos(a), oy + r * math.sin(a)))
+    elif scene.shape == "hexagon":
+        r = eh / 2
+        pts = [(cx + r * math.cos(math.radians(-90 + 60 * k)), cy + r * math.sin(math.radians(-90 + 60 * k))) for k in range(6)]
+    elif scene.shape == "cross":  # a plus sign, arms a third of its size wide
+        a, b = ew / 3, ew * 2 / 3
+        pts = [(left + a, top), (left + b, top), (left + b, top + a), (right, top + a), (right, top + b), (left + b, top + b),
+               (left + b, bottom), (left + a, bottom), (left + a, top + b), (left, top + b), (left, top + a), (left + a, top + a)]
+    elif scene.shape == "heart":
+        unit = _heart_unit()
+        pts = [(left + u * ew, top + v * eh) for u, v in unit]
     else:
         raise ValueError(f"unknown shape {scene.shape!r}")
     return [(x * scale, y * scale) for x, y in pts]
+
+
+def _heart_curve(n: int = 96) -> list[tuple[float, float]]:
+    t = [2 * math.pi * k / n for k in range(n)]
+    return [(16 * math.sin(a) ** 3, -(13 * math.cos(a) - 5 * math.cos(2 * a) - 2 * math.cos(3 * a) - math.cos(4 * a))) for a in t]
+
+
+def _heart_unit() -> list[tuple[float, float]]:
+    """The heart's outline scaled into the unit box (0..1 on both axes), y down."""
+    pts = _heart_curve()
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return [((x - min(xs)) / (max(xs) - min(xs)), (y - min(ys)) / (max(ys) - min(ys))) for x, y in pts]
+
+
+_HEART_ASPECT = (lambda p: (max(y for _, y in p) - min(y for _, y in p)) / (max(x for x, _ in p) - min(x for x, _ in p)))(_heart_curve())
 
 
 def _shape_mask(scene: Scene) -> Image.Image:
@@ -208,9 +253,26 @@ def _paint(scene: Scene, w: int, h: int) -> Image.Image:
         return Image.new("RGB", (w, h), tuple(int(v) for v in color))
     ys, xs = np.mgrid[0:h, 0:w]
     # x + y measured in canvas pixels, so the stripes do not depend on the supersampling factor
-    band = ((xs + ys) // _SS) % STRIPE_PERIOD < STRIPE_PERIOD // 2
+    band = ((xs + ys) // _SS) % STRIPE_PERIOD < STRIPE_PERIOD // 2 if scene.fill == "stripes" else _pattern(scene.fill, xs, ys)
     tint = np.array(stripe_tint(scene.color), dtype=np.uint8)
     return Image.fromarray(np.where(band[..., None], color, tint).astype(np.uint8), "RGB")
+
+
+def _pattern(fill: str, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Where an extra fill shows the shape colour (elsewhere its tint), on supersampled coordinates."""
+    p, half = FILL_PERIOD * _SS, FILL_PERIOD * _SS // 2
+    if fill == "hstripes":
+        return ys % p < half
+    if fill == "vstripes":
+        return xs % p < half
+    if fill == "backslash":  # "\\": constant x - y, the same period along x as the "/" stripes
+        return ((xs - ys) // _SS) % STRIPE_PERIOD < STRIPE_PERIOD // 2
+    if fill == "checker":
+        return ((xs // half) + (ys // half)) % 2 == 0
+    if fill == "dots":  # a dot of DOT_RADIUS px at the centre of every FILL_PERIOD cell, on the tint
+        dx, dy = xs % p - half + 0.5, ys % p - half + 0.5
+        return dx * dx + dy * dy <= (DOT_RADIUS * _SS) ** 2
+    raise ValueError(f"unknown fill {fill!r}")
 
 
 def render(scene: Scene) -> Image.Image:
@@ -225,14 +287,15 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def describe(scene: Scene, noun: str | None = None, fill_word: str = "striped") -> str:
+def describe(scene: Scene, noun: str | None = None, fill_word: str = "") -> str:
     """"a red circle on a white background", "a red striped circle on a white background".
 
     `noun` replaces the shape's name (a subject LoRA's "ohwx star"); `fill_word` the word for a
     striped fill (a style LoRA's trigger word, "a red zyk circle ...").
     """
     noun = noun or scene.shape
-    adjectives = scene.color + (f" {fill_word}" if scene.fill == "stripes" else "")
+    word = (fill_word or FILL_WORDS[scene.fill]) if scene.fill != "solid" else ""
+    adjectives = scene.color + (f" {word}" if word else "")
     return f"{_article(adjectives)} {adjectives} {noun} on {_article(scene.background)} {scene.background} background"
 
 

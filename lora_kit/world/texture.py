@@ -1,0 +1,120 @@
+"""Read the fill of a shape: solid, or periodic with its orientation(s) and period, for any texture.
+
+score.stripe_strength knows one texture, the demo's "/" stripes of a fixed period. A LoRA can teach any
+texture the world can draw (horizontal bands, a checkerboard, dots...), so this reader assumes none: it
+finds the plane waves that explain the shape's inside.
+
+Method: the core's colours are projected on their first principal axis (a hue-only contrast, orange on
+a darker orange, counts as much as a luminance one); the strongest peak of that signal's zero-padded 2-D
+spectrum gives a wave vector, refined by least squares on the pixels themselves (the core is not a
+rectangle, so the spectrum alone is smeared); the fitted wave is removed and a second one looked for.
+A fill is periodic when the waves explain at least PERIODIC_EXPLAINED of the variance. Each wave's
+direction names an orientation of the pattern ("/" stripes are waves along (1, 1)); its wavelength is the
+period. Measured on the generator's fills: one wave for stripes (a square wave's fundamental explains
+8/pi^2 = 81 % of it), two diagonal waves for a checkerboard, two axis-aligned waves for a grid of dots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_STD = 15.0  # colour standard deviation (0..255, along the principal axis) below which a fill is flat: the shipped VAE
+# leaves up to 14 on solid shapes; its textures keep at least 19
+PERIOD_RANGE = (5.0, 40.0)  # pixels; finer does not survive a 4x VAE, coarser is shading, not texture
+MIN_PERIODS = 1.25  # the core must span this many periods along the wave
+PERIODIC_EXPLAINED = 0.5  # share of the variance the (at most two) waves explain
+SECOND_WAVE = 0.2  # a second wave counts when it explains this share of the variance on its own (noise on a
+# small core fits up to ~0.12; a checkerboard's or a dot grid's second wave explains 0.25-0.35)
+SNAP_DEGREES = 15.0  # orientation within this of 0/45/90/135 degrees gets its name
+_NAMES = {0: "vertical", 45: "/", 90: "horizontal", 135: "\\"}
+_PAD = 128  # spectrum size (zero padding): a 64 px picture's core spans 1.5-4 periods
+
+
+@dataclass(frozen=True)
+class FillReading:
+    kind: str  # "solid" or "periodic"
+    orientations: tuple[str, ...] = ()  # sorted names: "vertical", "/", "horizontal", "\\" or "<deg>deg"
+    period: float = 0.0  # pixels, wavelength of the strongest wave (0 when solid)
+    explained: float = 0.0  # share of the core's colour variance the waves explain
+
+    def labels(self) -> dict:
+        return {"fill": self.kind, "orientation": list(self.orientations), "period": round(self.period, 2)}
+
+
+def orientation_name(kx: float, ky: float) -> str:
+    """Name of the pattern a wave along (kx, ky) draws, in image coordinates (y down)."""
+    deg = math.degrees(math.atan2(ky, kx)) % 180.0
+    for ref, name in _NAMES.items():
+        if min(abs(deg - ref), 180 - abs(deg - ref)) <= SNAP_DEGREES:
+            return name
+    return f"{round(deg):d}deg"
+
+
+def _principal(pixels: np.ndarray) -> np.ndarray:
+    centred = pixels - pixels.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[0]
+
+
+def _fit(values: np.ndarray, xs: np.ndarray, ys: np.ndarray, k: tuple[float, float]) -> tuple[float, np.ndarray]:
+    """(explained share, fitted wave) of the plane wave with wave vector k (cycles per pixel)."""
+    phase = 2 * math.pi * (k[0] * xs + k[1] * ys)
+    a = np.stack([np.cos(phase), np.sin(phase)], axis=1)
+    coef, *_ = np.linalg.lstsq(a, values, rcond=None)
+    wave = a @ coef
+    return float((wave**2).sum() / max((values**2).sum(), 1e-12)), wave
+
+
+def _strongest_wave(values, xs, ys, extent: float) -> tuple[float, tuple[float, float], np.ndarray]:
+    """The best wave vector: spectrum peak in the allowed period band, then a local least-squares search."""
+    pad = max(_PAD, 1 << int(max(xs.max() - xs.min(), ys.max() - ys.min()) * 2).bit_length())
+    grid = np.zeros((pad, pad))
+    grid[ys - ys.min(), xs - xs.min()] = values
+    power = np.abs(np.fft.rfft2(grid)) ** 2
+    fy = np.fft.fftfreq(pad)[:, None]
+    fx = np.fft.rfftfreq(pad)[None, :]
+    radius = np.hypot(fx, fy)
+    lo, hi = PERIOD_RANGE
+    hi = min(hi, extent / MIN_PERIODS)
+    power[(radius < 1 / hi) | (radius > 1 / lo)] = 0
+    if not power.any():
+        return 0.0, (0.0, 0.0), np.zeros_like(values)
+    iy, ix = np.unravel_index(int(np.argmax(power)), power.shape)
+    k0 = (float(fx[0, ix]), float(fy[iy, 0]))
+    step = 0.5 / pad
+    best = (-1.0, k0, None)
+    for dx in (-step, 0.0, step):
+        for dy in (-step, 0.0, step):
+            k = (k0[0] + dx, k0[1] + dy)
+            share, wave = _fit(values, xs, ys, k)
+            if share > best[0]:
+                best = (share, k, wave)
+    return best  # type: ignore[return-value]
+
+
+def read_fill(rgb: np.ndarray, core: np.ndarray) -> FillReading:
+    """The fill of the pixels under `core` (a boolean mask of the shape's inside, edges eroded away)."""
+    ys, xs = np.nonzero(core)
+    if len(xs) < 20:
+        return FillReading("solid")
+    values = _principal(rgb[core].astype(np.float64))
+    if values.std() < MIN_STD:
+        return FillReading("solid")
+    extent = float(min(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    share1, k1, wave1 = _strongest_wave(values, xs, ys, extent)
+    if share1 <= 0:
+        return FillReading("solid")
+    waves = [(share1, k1)]
+    share2, k2, _ = _strongest_wave(values - wave1, xs, ys, extent)
+    share2 *= 1.0 - share1  # of the residual -> of the whole variance (least squares: residual = 1 - share1)
+    name1 = orientation_name(*k1)
+    if share2 >= SECOND_WAVE and orientation_name(*k2) != name1:
+        waves.append((share2, k2))
+    explained = sum(s for s, _ in waves)
+    if explained < PERIODIC_EXPLAINED:
+        return FillReading("solid", explained=explained)
+    names = tuple(sorted({orientation_name(*k) for _, k in waves}))
+    return FillReading("periodic", names, 1.0 / math.hypot(*k1), explained)

@@ -1,0 +1,128 @@
+"""The scorer on shapes and fills nobody tuned it on: ground truth, and after the shipped VAE's round trip."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from lora_kit.world.outline import count_vertices
+from lora_kit.world.score import fill_labels_of, label_matches, labels_of, score_batch, score_image
+from lora_kit.world.shapes import ALL_FILLS, ALL_SHAPES, EXTRA_FILLS, EXTRA_SHAPES, Scene, render
+from lora_kit.world.shapes import generate
+from lora_kit.world.texture import orientation_name
+
+FIELDS = ("shape", "color", "background", "fill", "orientation", "period")
+
+
+def _expected(scene: Scene) -> dict:
+    return {**labels_of(scene), **fill_labels_of(scene)}
+
+
+@pytest.fixture(scope="module")
+def every_kind():
+    """400 scenes of every shape and fill the generator draws, the extra ones included."""
+    return generate(400, seed=5, shapes=ALL_SHAPES, fills=ALL_FILLS)
+
+
+def test_extra_shapes_and_fills_are_drawn_and_captioned(every_kind):
+    scenes = [s for _, _, s in every_kind]
+    assert {s.shape for s in scenes} == set(ALL_SHAPES) and {s.fill for s in scenes} == set(ALL_FILLS)
+    caps = {cap for _, cap, s in every_kind if s.fill == "checker"}
+    assert all(" checkered " in c for c in caps)
+    assert set(EXTRA_SHAPES).isdisjoint(s.shape for _, _, s in generate(50, seed=0))  # not in the default world
+
+
+def test_scorer_reads_every_field_on_ground_truth(every_kind):
+    rates = score_batch([im for im, _, _ in every_kind], [_expected(s) for _, _, s in every_kind])
+    # measured (seed 5): shape 0.9975, colour / background 1.0, fill 0.995, orientation 0.9875, period 0.995
+    for field in FIELDS:
+        assert rates[field] >= 0.97, rates
+
+
+def test_fill_reader_names_orientation_and_period():
+    for fill, orientations in (("hstripes", ["horizontal"]), ("vstripes", ["vertical"]), ("stripes", ["/"]),
+                               ("backslash", ["\\"]), ("checker", ["/", "\\"]), ("dots", ["horizontal", "vertical"])):
+        s = score_image(render(Scene("square", "blue", "white", 52, (32, 32), 64, 64, fill)))
+        assert s.fill.kind == "periodic" and list(s.fill.orientations) == sorted(orientations), (fill, s.fill)
+        assert label_matches("period", s.fill.period, fill_labels_of(Scene("square", "blue", "white", 52, (32, 32), 64, 64, fill))["period"])
+    solid = score_image(render(Scene("square", "blue", "white", 52, (32, 32), 64, 64)))
+    assert solid.fill.kind == "solid" and solid.fill.period == 0.0
+    assert orientation_name(1, 0) == "vertical" and orientation_name(0, 1) == "horizontal"
+    assert orientation_name(1, 1) == "/" and orientation_name(1, -1) == "\\" and orientation_name(1, 0.5) == "27deg"
+
+
+def test_record_has_colour_error_area_and_vertices():
+    scene = Scene("circle", "red", "white", 40, (32, 32), 64, 64)
+    r = score_image(render(scene)).record()
+    assert r["shape"] == "circle" and r["vertices"] == 0 and r["color_error"] < 5
+    assert abs(r["area"] - np.pi * 20**2 / 64**2) < 0.02
+    off = np.asarray(render(scene)).copy()
+    off[np.all(off == (220, 30, 30), axis=-1)] = (190, 60, 40)  # still "red", 46 RGB away from it
+    r2 = score_image(off).record()
+    assert r2["color"] == "red" and 40 < r2["color_error"] < 50
+
+
+def test_other_shapes_get_a_vertex_count():
+    """A shape no template knows (a pentagon, an L) is "other" with the corners of its outline."""
+    from PIL import Image, ImageDraw
+
+    def drawn(points):
+        im = Image.new("RGB", (64 * 4, 64 * 4), "white")
+        ImageDraw.Draw(im).polygon([(x * 4, y * 4) for x, y in points], fill=(30, 70, 220))
+        return im.reduce(4)
+
+    pentagon = [(32 + 24 * np.cos(np.radians(-90 + 72 * k)), 34 + 24 * np.sin(np.radians(-90 + 72 * k))) for k in range(5)]
+    ell = [(12, 8), (28, 8), (28, 40), (52, 40), (52, 56), (12, 56)]
+    for points, corners, slack in ((pentagon, 5, 0), (ell, 6, 1)):  # an estimate: concave corners are counted by tips
+        s = score_image(drawn(points))
+        assert abs(s.vertices - corners) <= slack, (corners, s.shape, s.vertices)
+        assert s.shape == "other"
+    for shape, corners in (("triangle", 3), ("hexagon", 6), ("star", 10), ("cross", 12)):
+        from lora_kit.world.score import segment
+
+        mask = segment(np.asarray(render(Scene(shape, "red", "white", 50, (32, 32), 64, 64))))[0]
+        assert count_vertices(mask) == corners, shape
+
+
+@pytest.fixture(scope="module")
+def round_trip():
+    """200 scenes of every shape and fill, encoded and decoded by the shipped tiny-world VAE."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from lora_kit.world.assets import shipped_model_dir
+
+    folder = shipped_model_dir("tiny-world")
+    if folder is None:
+        pytest.skip("the tiny-world weights are not shipped in this install")
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32).eval()
+    items = generate(200, seed=77, shapes=ALL_SHAPES, fills=ALL_FILLS)
+    out = []
+    with torch.no_grad():
+        for image, _, scene in items:
+            x = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample[0]
+            out.append((((y.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy(), scene))
+    return out
+
+
+def test_scorer_after_a_vae_round_trip(round_trip):
+    """What the shipped VAE carries is read back; what it cannot carry (a checkerboard's second diagonal)
+    is recorded per fill family in docs/world.md and pinned here as a rate, not hidden."""
+    rates = score_batch([im for im, _ in round_trip], [_expected(s) for _, s in round_trip])
+    # measured (seed 77, 200 images): shape 0.97, colour 0.94 (the VAE's colour shifts, as on the plain
+    # world), background 1.0, fill 0.98, period 0.97, orientation 0.84 (checkerboards)
+    for field, bound in (("shape", 0.95), ("background", 0.98), ("fill", 0.95), ("period", 0.95), ("color", 0.9)):
+        assert rates[field] >= bound, (field, rates)
+    wrong = Counter()
+    total = Counter()
+    for im, scene in round_trip:
+        want = fill_labels_of(scene)["orientation"]
+        total[scene.fill] += 1
+        wrong[scene.fill] += not label_matches("orientation", score_image(im).fill.orientations, want)
+    carried = [f for f in ALL_FILLS if f != "checker"]
+    assert sum(wrong[f] for f in carried) <= 0.1 * sum(total[f] for f in carried), wrong
+    assert wrong["checker"] >= 0.25 * total["checker"], wrong  # the VAE turns checkerboards into "/" stripes
+    assert set(EXTRA_FILLS) <= set(total)
