@@ -58,3 +58,27 @@ def test_cache_command_fills_then_reuses(tmp_path, capsys):
     assert "latents: 0 computed, 20 already cached, 0 failed" in capsys.readouterr().out
     assert main(["cache", "tiny-smoke", "cache.latents=false"]) == 0
     assert "nothing to cache" in capsys.readouterr().out
+
+
+def test_buckets_flags_are_the_recipe_schema_and_its_checks(tmp_path, capsys):
+    import pytest
+
+    from lora_kit.cli import build_parser
+    from lora_kit.config.checks import check_recipe
+    from lora_kit.config.schema import BucketConfig, DatasetConfig, Recipe
+    from lora_kit.data.bucket_command import bucket_config
+    from lora_kit.errors import UserError
+
+    parse = build_parser("buckets").parse_args
+    assert bucket_config(parse(["buckets", "x"])) == BucketConfig()  # defaults come from the dataclass
+    args = parse(["buckets", "x", "--bucket-reso-steps", "32", "--min-bucket-reso", "128", "--bucket-no-upscale"])
+    assert bucket_config(args) == BucketConfig(bucket_reso_steps=32, min_bucket_reso=128, bucket_no_upscale=True)
+    # one rule, two spellings of the key: the flag for the command, the recipe key for a recipe
+    data = str(_dataset(tmp_path))
+    assert main(["buckets", data, "--steps", "60"]) == 2
+    assert "--steps: expected a multiple of 8, got 60" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"\[buckets\] bucket_reso_steps: expected a multiple of 8, got 60"):
+        check_recipe(Recipe(dataset=DatasetConfig(path="x"), buckets=BucketConfig(bucket_reso_steps=60)))
+    # no-upscale sizes buckets per image: min/max do not apply, in a recipe or on the command line
+    assert main(["buckets", data, "--no-upscale", "--resolution", "2048", "--json"]) == 0
+    check_recipe(Recipe(dataset=DatasetConfig(path="x"), buckets=BucketConfig(resolution=2048, bucket_no_upscale=True)))
