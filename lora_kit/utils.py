@@ -19,9 +19,11 @@ from typing import Any, Callable
 TMP_SUFFIX = ".tmp"
 # errno values that mean "the disk/quota/permissions refused the write", not a bug in lora-kit.
 WRITE_FAULTS = {errno.ENOSPC, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
-# torch.save goes through a C++ stream writer that turns a failed write into a RuntimeError with one of
-# these texts (no errno survives), so they are recognised by message.
-_CPP_WRITE_FAULT = re.compile(r"file write failed|PytorchStreamWriter failed|unexpected pos|No space left|File too large")
+# torch.save (a C++ stream writer: RuntimeError) and safetensors (Rust: SafetensorError) turn a failed
+# write into their own exception types with one of these texts (no errno survives), so they are
+# recognised by message.
+_NATIVE_WRITE_FAULT = re.compile(r"file write failed|PytorchStreamWriter failed|unexpected pos|No space left|"
+                                 r"File too large|Disk quota exceeded|os error (?:13|27|28|30|122)\b")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -99,7 +101,7 @@ def is_write_fault(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in WRITE_FAULTS:
             return True
-        if isinstance(exc, RuntimeError) and _CPP_WRITE_FAULT.search(str(exc)):
+        if not isinstance(exc, OSError) and _NATIVE_WRITE_FAULT.search(str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -111,6 +113,11 @@ def describe_write_fault(exc: BaseException) -> str:
         if isinstance(exc, OSError) and exc.errno in WRITE_FAULTS:
             return {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached",
                     errno.EROFS: "read-only file system"}.get(exc.errno, "permission denied")
+        text = str(exc)
+        for needle, what in (("File too large", "file size limit reached"), ("os error 27", "file size limit reached"),
+                             ("No space left", "disk full"), ("os error 28", "disk full")):
+            if needle in text:
+                return what
         exc = exc.__cause__ or exc.__context__
     return "disk full or file size limit reached"
 

@@ -127,7 +127,7 @@ def set_generator_state(gen: torch.Generator, state: str) -> None:
 
 
 def save_checkpoint(accelerator, root: Path, step: int, run_state: dict, keep_last: int, run_id: str = "",
-                    before=None) -> Path:
+                    on_saved=None) -> Path:
     """All processes call this (accelerate gathers); only the main process writes the manifest and renames.
     A write refused by the disk ends the run with one line; the earlier checkpoints stay whole."""
     final = root / f"checkpoint-{step:06d}"
@@ -136,14 +136,14 @@ def save_checkpoint(accelerator, root: Path, step: int, run_state: dict, keep_la
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     try:
-        if before is not None and accelerator.is_main_process:
-            before()  # the run's recipe.toml / run.json, with its first checkpoint
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()  # every rank has written its RNG state before the folder is renamed
         if accelerator.is_main_process:
             (partial / STATE_FILE).write_text(json.dumps({**run_state, "run_id": run_id}, indent=2))
             write_manifest(partial, run_id, step)  # last: its presence means every file above is complete
             swap_dir(partial, final)
+            if on_saved is not None:
+                on_saved()  # the run's recipe.toml / run.json, once it has a checkpoint to show
     except Exception as exc:
         if not is_write_fault(exc):
             raise

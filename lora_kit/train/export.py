@@ -84,13 +84,13 @@ def export_adapters(trainer, suffix: str = "") -> dict:
     info = train_info(trainer)
     out = trainer.out if not suffix else trainer.out / "exports"
     try:
-        trainer.run.first_output(r)  # recipe.toml / run.json: the run now has something to show
         files = write_adapter_files(
             out, f"{r.name}{suffix}", unet_sd, te_sds, info,
             unet_config=trainer.adapters.unet_config, text_encoder_config=trainer.adapters.text_encoder_config,
             unet_model_config=dict(unet.config), precision=r.save.precision,
             diffusers_name=DIFFUSERS_FILE if not suffix else f"{r.name}{suffix}_diffusers.safetensors",
         )
+        trainer.run.first_output(r)  # recipe.toml / run.json: the run now has something to show
         if not suffix:
             summary = {k: v for k, v in info.items() if k != "recipe"}
             summary["run_id"] = trainer.run.run_id
