@@ -123,6 +123,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 = no clipping
     num_workers: int = 0
     attention: Literal["sdpa", "default"] = "sdpa"
+    # torch.compile of the U-Net (lora_kit.train.compile): "regional" = each repeated transformer/ResNet block
+    compile: Literal["off", "regional", "full"] = "off"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": no code generation, for checks)
 
 
 @dataclass
@@ -173,7 +177,9 @@ class SampleConfig:
 @dataclass
 class LogConfig:
     tensorboard: bool = True
-    every_n_steps: int = 1
+    # Loss, grad norm and images/s are read from the device only every n steps (a read makes the host wait
+    # for the device), averaged over the steps in between.
+    every_n_steps: int = 10
 
 
 @dataclass

@@ -15,6 +15,8 @@ import torch
 
 from lora_kit.config.schema import Recipe
 from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among the names it maps
+from lora_kit.runtime import configure_threads
+from lora_kit.train.compile import compile_unet
 from lora_kit.train import checkpoint as ckpt
 from lora_kit.train.step import StepContext, forward_loss
 
@@ -43,6 +45,7 @@ class LoraTrainer:
         self.started_at = time.time()
         self.seen_indices: list[int] = []  # dataset indices this process trained on (this invocation)
         self.offloaded: list = []  # frozen modules moved off the accelerator once the caches cover them
+        self.last_loss = float("nan")  # mean training loss of the last log interval
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -61,9 +64,12 @@ class LoraTrainer:
         self.weight_dtype = DTYPES[acc.mixed_precision]
         self.run.open(r, acc)  # lock, run id, which checkpoint to resume: before the model loads
         self._load_model()
+        self.threads = configure_threads(sum(p.numel() for p in self.unet.parameters()))  # (n, why)
         self._inject()
         self._build_data()
         self._place_models()
+        t = r.train
+        self.compiled = compile_unet(self.unet, t.compile, t.compile_mode, t.compile_backend)  # before DDP wraps it
         self._build_optimizer()
         self._register_checkpoint_hooks()
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, self.optimizer, self.lr_scheduler)
@@ -181,18 +187,11 @@ class LoraTrainer:
         while self.global_step < self.total_steps:
             for batch in self.data.batches(self.epoch, self.batch_in_epoch):
                 self.batch_in_epoch += 1
-                with acc.accumulate(self.unet):
-                    loss, info = forward_loss(self.ctx, batch, self.global_step)
-                    acc.backward(loss)
-                    grad_norm = None
-                    if acc.sync_gradients and r.train.max_grad_norm > 0:
-                        grad_norm = acc.clip_grad_norm_(self._trained_params(), r.train.max_grad_norm)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                # The logged loss is the mean over processes, not rank 0's share of the batch.
-                meter.add(acc.reduce(loss.detach(), reduction="mean"), info["batch_size"] * acc.num_processes)
-                self.seen_indices.extend(int(i) for i in batch["index"])
+                loss, batch_size, grad_norm = self.step(batch)
+                # Summed on the device; read (and averaged over processes) only at the log interval, so the
+                # host never waits for the device inside the loop.
+                meter.add(loss, batch_size * acc.num_processes)
+                self.seen_indices.extend(batch["index"].tolist())
                 if not acc.sync_gradients:
                     continue
                 self.global_step += 1
@@ -212,6 +211,26 @@ class LoraTrainer:
                 break
         bar.close()
 
+    def step(self, batch: dict, mark=None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """One micro-batch: forward, backward and, at an accumulation boundary, clipping and the optimizer
+        step. Returns (loss, batch size, grad norm or None) as device tensors: nothing here waits for the
+        device (tests/test_step_trace.py), the loop reads values at its log interval. `mark(phase)`, if
+        given, is called as each phase ends (scripts/profile_train.py times them)."""
+        acc, r = self.accelerator, self.recipe
+        with acc.accumulate(self.unet):
+            loss, info = forward_loss(self.ctx, batch, self.global_step)
+            mark and mark("forward")
+            acc.backward(loss)
+            mark and mark("backward")
+            grad_norm = None
+            if acc.sync_gradients and r.train.max_grad_norm > 0:
+                grad_norm = acc.clip_grad_norm_(self._trained_params(), r.train.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            mark and mark("optimizer")
+        return loss, info["batch_size"], grad_norm
+
     def _trained_params(self) -> list:
         return self.adapters.unet_params + self.adapters.text_encoder_params
 
@@ -219,7 +238,9 @@ class LoraTrainer:
         from lora_kit.train.report import log_step
 
         r, s = self.recipe, self.global_step
-        log_step(self, meter, grad_norm, bar)
+        bar.update(1)
+        if s % r.log.every_n_steps == 0 or s == self.total_steps:
+            self.last_loss = log_step(self.accelerator, s, meter, grad_norm, self.optimizer, self.lr_scheduler, bar)
         if r.validation.every_n_steps and s % r.validation.every_n_steps == 0:
             self.validate()
         if r.save.every_n_steps and s % r.save.every_n_steps == 0 and s < self.total_steps:
@@ -237,7 +258,6 @@ class LoraTrainer:
         state = {**self.run_state(), "fingerprint": self.run.fingerprint}
         return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.global_step, state,
                                     self.recipe.save.keep_last, self.run.run_id, lambda: self.run.first_output(self.recipe))
-
 
     def validate(self) -> float | None:
         from lora_kit.train.validation import validation_loss
