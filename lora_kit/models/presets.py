@@ -84,20 +84,20 @@ def _seeded(seed: int):
     torch.manual_seed(seed)
 
 
+# What every tiny U-Net shares: 16x16 latents (64 px through the 4x VAE), two levels, one layer each.
+_TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32)
+_TINY_SIZE = _TINY_UNET["sample_size"] * 4  # pixels: the VAE downsamples 4x (three blocks)
+
+
 def _build_sd(seed: int, v_pred: bool, linear_proj: bool, head_dim) -> dict:
     _seeded(seed)
     unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+        **_TINY_UNET,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=head_dim,
         use_linear_projection=linear_proj,
-        norm_num_groups=32,
     )
     vae = _vae()
     text_encoder = _clip_text(32, hidden_act="gelu" if v_pred else "quick_gelu")
@@ -115,11 +115,7 @@ def _build_sd(seed: int, v_pred: bool, linear_proj: bool, head_dim) -> dict:
 def _build_sdxl(seed: int) -> dict:
     _seeded(seed)
     unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+        **_TINY_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -130,7 +126,6 @@ def _build_sdxl(seed: int) -> dict:
         # 6 micro-conditioning numbers x 8 + the pooled embedding of text_encoder_2 (32)
         projection_class_embeddings_input_dim=6 * 8 + 32,
         cross_attention_dim=64,  # penultimate hidden states of both encoders, concatenated (32 + 32)
-        norm_num_groups=32,
     )
     vae = _vae()
     text_encoder = _clip_text(32)
@@ -150,9 +145,9 @@ def _build_sdxl(seed: int) -> dict:
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny-sd15": Preset("tiny-sd15", SD1, 64, lambda s: _build_sd(s, False, False, 8), "SD1.x architecture, epsilon"),
-    "tiny-sd2v": Preset("tiny-sd2v", SD2V, 64, lambda s: _build_sd(s, True, True, (2, 4)), "SD2.x architecture, v-prediction"),
-    "tiny-sdxl": Preset("tiny-sdxl", SDXL, 64, _build_sdxl, "SDXL architecture: two text encoders, add_time_ids"),
+    "tiny-sd15": Preset("tiny-sd15", SD1, _TINY_SIZE, lambda s: _build_sd(s, False, False, 8), "SD1.x architecture, epsilon"),
+    "tiny-sd2v": Preset("tiny-sd2v", SD2V, _TINY_SIZE, lambda s: _build_sd(s, True, True, (2, 4)), "SD2.x architecture, v-prediction"),
+    "tiny-sdxl": Preset("tiny-sdxl", SDXL, _TINY_SIZE, _build_sdxl, "SDXL architecture: two text encoders, add_time_ids"),
 }
 
 
