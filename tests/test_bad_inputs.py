@@ -91,6 +91,7 @@ def test_special_files_and_lying_headers_are_skipped_with_one_line_each(tmp_path
         assert len(_lines(proc.stderr, name)) == 1, (name, proc.stderr)
     assert "x.png: a FIFO, not a regular file" in proc.stderr and "loop.png: symlink loop" in proc.stderr
     assert "liar.png: OSError: pixel data ends after" in proc.stderr
+    assert "DecompressionBombWarning" not in proc.stderr  # the 150-megapixel claim is this one line only
     assert _captions(root) == {rel: "red\n" for rel in GOOD}  # no good image lost
     assert (root / "2_red" / "dot.txt").read_text(encoding="utf-8") == "red\n"
     assert "4 captioned" in proc.stdout and "3 unreadable" in proc.stdout
@@ -191,3 +192,15 @@ def test_small_images_named_in_one_warning_by_training(tmp_path, caplog):
     small = _lines(caplog.text, "smaller than the smallest bucket")
     assert len(small) == 1 and "dot.png (8x8)" in small[0] and "dash.png (20x10)" in small[0]
     assert "2 image(s)" in small[0] and "g0.png" not in small[0]
+
+
+def test_imagefolder_rows_naming_special_files_and_unlisted_images(tmp_path, caplog):
+    root = _good_dataset(tmp_path / "hub")
+    os.mkfifo(root / "2_red" / "pipe.png")
+    rows = [f'{{"file_name": "{rel}", "text": "red"}}' for rel in GOOD[:2]] + ['{"file_name": "2_red/pipe.png"}']
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        scan = scan_dataset(DatasetConfig(path=str(root)))
+    assert [r.rel for r in scan.records] == GOOD[:2] and list(map(Path, scan.skipped.skipped)) == [root / "2_red/pipe.png"]
+    unlisted = _lines(caplog.text, "not listed")
+    assert len(unlisted) == 1 and "1 image(s)" in unlisted[0] and "2_red/g2.png" in unlisted[0]

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,3 +165,7 @@ def try_load_image(path: str | os.PathLike, skips: SkipCounter, verify: bool = T
 
 # Truncated files must raise instead of silently returning a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's two-line DecompressionBombWarning (above ~89 megapixels) would break "one line per bad file": an
+# image that large is decoded like any other, a lying header is caught by png_shortfall, and past twice
+# the limit Pillow raises DecompressionBombError, which skips the file with one line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -31,7 +31,9 @@ from typing import Iterable, Optional
 from lora_kit.config.schema import DatasetConfig
 from lora_kit.data import hfdisk
 from lora_kit.data.images import SkipCounter, image_size, load_image
-from lora_kit.data.layout import METADATA_FILES, ImageRecord, concept_of, find_images, parse_kohya_folder, read_text
+from lora_kit.data.layout import (
+    METADATA_FILES, ImageRecord, concept_of, find_images, is_image_file, parse_kohya_folder, read_text, walk,
+)
 from lora_kit.errors import UserError
 from lora_kit.paths import resolve_dataset_path
 
@@ -126,9 +128,38 @@ def _imagefolder_candidates(root: Path, cfg: DatasetConfig, repeats: int, tokens
             if n < 1:
                 continue
             path = meta.parent / rel
+            if _special(path, skips):
+                continue
             cands.append(ImageRecord(str(path), caption, class_tokens, n, reg, folder, None, rel=rel.as_posix()))
     cands.sort(key=lambda c: c.path)
+    _warn_unlisted(base, {c.path for c in cands}, skips)
     return cands
+
+
+def _special(path: Path, skips: SkipCounter) -> bool:
+    """A metadata row naming a FIFO or device: skipped and counted (opening it could block forever).
+    The folder walk of kohya trees already sees file types; metadata rows need this one stat."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # missing: _check reports it
+    if stat.S_ISREG(mode):
+        return False
+    skips.skip(str(path), "not a regular file")
+    return True
+
+
+def _warn_unlisted(base: Path, listed: set[str], skips: SkipCounter, shown: int = 5) -> None:
+    """One warning for images on disk that no metadata row lists: an imagefolder trains only listed files."""
+    found = [str(folder / n) for folder, names in walk(base, base, True, skips.skip) for n in sorted(names)
+             if is_image_file(n)]
+    unlisted = [p for p in found if p not in listed]
+    if unlisted:
+        names = ", ".join(Path(p).relative_to(base).as_posix() for p in unlisted[:shown])
+        more = f" and {len(unlisted) - shown} more" if len(unlisted) > shown else ""
+        log.warning("%d image(s) in %s are not listed in its metadata file and are not used: %s%s "
+                    "(add them to it, or caption them with lora-kit caption --format jsonl)",
+                    len(unlisted), base.name, names, more)
 
 
 def _disk_candidates(root: Path, cfg: DatasetConfig, repeats: int, tokens, reg: bool, skips) -> list[ImageRecord]:
@@ -168,8 +199,6 @@ def _check(c: ImageRecord, decode: bool) -> tuple[Optional[tuple[int, int]], Opt
             src, head, tail, total = io.BytesIO(data), data[:16], data[-16:], len(data)
         else:
             src = c.path
-            if not stat.S_ISREG(os.stat(c.path).st_mode):  # a metadata row naming a FIFO would block open()
-                return None, "not a regular file"
             with open(c.path, "rb") as f:
                 head = f.read(16)
                 total = f.seek(0, os.SEEK_END)
