@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("lora_kit.adapters.tools.convert", "convert a LoRA between kohya and diffusers formats"),
     "merge": ("lora_kit.adapters.tools.merge", "fuse LoRAs into a base model and save it"),
     "resize": ("lora_kit.adapters.tools.resize", "change a LoRA's rank by SVD"),
+    "extract": ("lora_kit.adapters.tools.extract", "extract a LoRA from a fine-tuned model and its base (SVD)"),
     "grid": ("lora_kit.infer.command", "render a labelled evaluation grid"),
     "publish": ("lora_kit.publish.command", "assemble/upload a Hub repo or a Civitai bundle"),
     "recipe": ("lora_kit.config.command", "validate a recipe and print it fully resolved"),
