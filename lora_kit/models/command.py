@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from lora_kit.errors import UserError
+from lora_kit.models.presets import PRESETS, get_preset, write_preset
+
 
 def add_arguments(p) -> None:
-    from lora_kit.models.presets import PRESETS
-
     p.add_argument("out", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--preset", default="tiny-sd15", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
@@ -13,11 +16,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from lora_kit.errors import UserError
-    from lora_kit.models.presets import get_preset, write_preset
-
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
