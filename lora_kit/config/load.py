@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -28,7 +29,7 @@ def _describe(tp: Any) -> str:
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
         return f"a list of {_describe(inner)}s" if inner is not Any else "a list"
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}.get(tp, str(tp))
 
@@ -41,11 +42,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in get_args(tp):
             raise bad
         return value
-    if origin is typing.Union:  # Optional[...]
-        if value is None:
+    if origin in (typing.Union, types.UnionType):  # Optional[...], or a choice such as bool | Literal["auto"]
+        if value is None and type(None) in get_args(tp):
             return None
-        inner = [a for a in get_args(tp) if a is not type(None)][0]
-        return _coerce(value, inner, where)
+        for inner in (a for a in get_args(tp) if a is not type(None)):
+            try:
+                return _coerce(value, inner, where)
+            except RecipeError:
+                continue
+        raise bad
     if origin is list:
         if not isinstance(value, list):
             raise bad

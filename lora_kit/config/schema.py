@@ -119,7 +119,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = derived from epochs
     epochs: int = 1
     mixed_precision: Precision = "no"
-    gradient_checkpointing: bool = False
+    # true / false, or "auto": off when the batch's measured activations fit the GPU (lora_kit.train.memory)
+    gradient_checkpointing: bool | Literal["auto"] = False
     max_grad_norm: float = 1.0  # 0 = no clipping
     num_workers: int = 0
     attention: Literal["sdpa", "default"] = "sdpa"

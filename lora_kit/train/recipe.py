@@ -17,6 +17,7 @@ from lora_kit.config.schema import Recipe
 from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among the names it maps
 from lora_kit.runtime import configure_threads
 from lora_kit.train.compile import compile_unet
+from lora_kit.train.memory import decide_checkpointing
 from lora_kit.train import checkpoint as ckpt
 from lora_kit.train.step import StepContext, forward_loss
 
@@ -68,6 +69,7 @@ class LoraTrainer:
         self._inject()
         self._build_data()
         self._place_models()
+        self._set_checkpointing()
         t = r.train
         self.compiled = compile_unet(self.unet, t.compile, t.compile_mode, t.compile_backend)  # before DDP wraps it
         self._build_optimizer()
@@ -110,11 +112,6 @@ class LoraTrainer:
         self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype)
         for te in self.text_encoders:  # on the device for the text cache; the U-Net waits (_place_models)
             te.to(self.accelerator.device)
-        if r.train.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            if r.network.train_text_encoder:
-                for te in self.text_encoders:
-                    te.gradient_checkpointing_enable()
 
     def _build_data(self) -> None:
         from lora_kit.train.data import build_training_data
@@ -136,6 +133,20 @@ class LoraTrainer:
         self.offloaded = idle_frozen_modules(self.data, self.bundle, self.recipe)
         for m in self.offloaded:
             m.to("cpu")
+
+    def _set_checkpointing(self) -> None:
+        """Gradient checkpointing as the recipe says, or "auto": measured against the free device memory."""
+        r, acc = self.recipe, self.accelerator
+        w, h = max(self.data.data.buckets, key=lambda b: b[0] * b[1])
+        scale = 2 ** (len(self.bundle.vae.config.block_out_channels) - 1)
+        on, why = decide_checkpointing(r.train.gradient_checkpointing, self.unet, (h // scale, w // scale),
+                                       r.train.batch_size, acc.device, self.weight_dtype, acc.autocast)
+        self.checkpointing = (on, why)
+        if on:
+            self.unet.enable_gradient_checkpointing()
+            if r.network.train_text_encoder:
+                for te in self.text_encoders:
+                    te.gradient_checkpointing_enable()
 
     def _build_optimizer(self) -> None:
         from lora_kit.train.optim import build_lr_scheduler, build_optimizer, param_groups

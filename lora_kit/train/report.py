@@ -46,7 +46,7 @@ def print_summary(trainer, file=sys.stdout) -> None:
         f"buckets     {hist}",
         f"steps       {trainer.total_steps} ({trainer.steps_per_epoch}/epoch), batch {r.train.batch_size} x "
         f"{acc.num_processes} proc x {r.train.gradient_accumulation_steps} accum = {global_batch}",
-        f"precision   {acc.mixed_precision}; grad checkpointing {r.train.gradient_checkpointing}; attention {r.train.attention}"
+        f"precision   {acc.mixed_precision}; grad checkpointing {'on' if trainer.checkpointing[0] else 'off'} ({trainer.checkpointing[1]}); attention {r.train.attention}"
         f"; compile {trainer.compiled}",
         f"threads     {trainer.threads[0]} torch CPU thread(s): {trainer.threads[1]}",
         f"optimizer   {r.optimizer.name} lr {r.optimizer.lr:g}"
