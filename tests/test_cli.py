@@ -20,3 +20,31 @@ def test_stray_arguments_are_rejected(capsys):
         main(["init-model", "out", "--preset", "tiny-sd15", "bogus=1"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: bogus=1" in capsys.readouterr().err
+
+
+def test_a_bug_is_one_line_and_debug_shows_its_traceback(tmp_path, monkeypatch, capsys):
+    """A real bug (here a command module that divides by zero) is one line asking for --debug, exit 1;
+    --debug (anywhere on the line) or LORA_KIT_DEBUG=1 lets the traceback through."""
+    (tmp_path / "buggy_command.py").write_text("def add_arguments(p):\n    pass\n\ndef run(args):\n    return 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "buggy", ("buggy_command", "a command with a bug"))
+    monkeypatch.delenv("LORA_KIT_DEBUG", raising=False)
+    assert main(["buggy"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: division by zero" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        main(["buggy", "--debug"])
+    monkeypatch.setenv("LORA_KIT_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["buggy"])
+
+
+def test_user_errors_stay_one_line_and_debug_adds_the_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LORA_KIT_DEBUG", raising=False)
+    assert main(["train", "tiny-smoke", "--stop-after", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lora-kit train: error: --stop-after -1: expected 0 (run to the end) or a number of steps >= 1\n"
+    assert main(["--debug", "train", "tiny-smoke", "--stop-after", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("lora-kit train: error: --stop-after -1: expected 0 (run to the end) or a number of steps >= 1\n")
+

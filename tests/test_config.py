@@ -53,6 +53,12 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[dataset]\npath="x"\n[network]\nconv_rank=-1\n', "[network] conv_rank: expected conv_rank >= 0"),
         ('[dataset]\npath="x"\n[cache]\nvae_batch_size=-2\n', "[cache] vae_batch_size: expected 0 (auto: 2 megapixels per encode)"),
         ('[dataset]\npath="x"\n[network]\nconv_rank=4\nuse_dora=true\n', "[network] conv_rank: conv_rank with use_dora = true"),
+        ('[dataset]\npath="x"\n[optimizer]\nlr=-1\n', "[optimizer] lr: expected a learning rate > 0, got -1.0"),
+        ('[dataset]\npath="x"\n[network]\ndropout=1.0\n', "[network] dropout: expected a number in [0, 1) (0 = off), got 1.0"),
+        ('[dataset]\npath="x"\n[save]\nkeep_last=-1\n', "[save] keep_last: expected 0 (keep every checkpoint) or a count >= 1, got -1"),
+        ('[dataset]\npath="x"\n[save]\nevery_n_steps=-5\n', "[save] every_n_steps: expected 0 (only at the end) or a number of steps >= 1, got -5"),
+        ('[dataset]\npath="x"\n[sample]\nheight=100\n', "[sample] height: expected 0 (bucket resolution) or a multiple of 8 (the latent stride), got 100"),
+        ('[dataset]\npath="x"\n[log]\nevery_n_steps=0\n', "[log] every_n_steps: expected a number of steps >= 1, got 0"),
     ],
 )
 def test_recipe_errors_name_file_key_and_expectation(tmp_path, text, expected):

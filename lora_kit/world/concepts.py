@@ -133,22 +133,13 @@ def write_concept_dataset(concept: Concept, root: str | os.PathLike, overwrite: 
     dest = root / concept.name
     if dest.exists() and not overwrite:
         raise UserError(f"{dest} already exists; pass overwrite=True (--overwrite) to replace it")
-    staging = root / f".{concept.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    from lora_kit.utils import atomic_dir  # the one folder swap (old aside, new in, old deleted)
+
+    def build(staging: Path) -> None:
         subset = staging / concept.subset
         subset.mkdir(parents=True)  # plain mkdir/open: the files get the user's umask, not mkstemp's 0600
         for stem, image, text in concept.items():
             (subset / f"{stem}.png").write_bytes(png_bytes(image))
             (subset / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
-        if dest.exists():
-            old = root / f".{concept.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(staging, dest)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest
+
+    return atomic_dir(dest, build)
