@@ -14,9 +14,15 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     for rel in ("run/demo-star.safetensors", "run/pytorch_lora_weights.safetensors", "grid/grid.png", "grid/grid.json", "grid/grid.html", "scores.json"):
         assert (out / rel).is_file(), rel
     scores = json.loads((out / "scores.json").read_text())
-    assert sorted(float(w) for w in scores) == [0.0, 0.5, 1.0]
-    assert all(0.0 <= v["concept"] <= 1.0 and 0.0 <= v["bleed"] <= 1.0 for v in scores.values())
-    assert "[4/4] scores" in res.stdout and "everything is under" in res.stdout
+    weights = scores["weights"]
+    assert sorted(float(w) for w in weights) == [0.0, 0.5, 1.0]
+    assert all(0.0 <= v["concept"] <= 1.0 and 0.0 <= v["bleed"] <= 1.0 for v in weights.values())
+    # drift against weight 0 (issue 19 part 5): colour error and area next to shape and colour accuracy
+    assert weights["0.0"]["drift"] == {"shape": 0.0, "color": 0.0, "color_error": 0.0, "area_ratio": 1.0}
+    assert set(weights["1.0"]["drift"]) == {"shape", "color", "color_error", "area_ratio"}
+    assert scores["concept"] == {"shape": "star"} and scores["trigger"] == "ohwx"  # learned from the training images
+    assert len(scores["targets"]) == 7 and len(scores["cells"]) == len(json.loads((out / "grid" / "grid.json").read_text())["cells"])
+    assert "[4/4] scores" in res.stdout and "everything is under" in res.stdout and "area within +-25 %" in res.stdout
     manifest = json.loads((out / "grid" / "grid.json").read_text())
     assert len(manifest["cells"]) == 2 * 3 * (2 if (out / "control.png").exists() else 1)  # 2 prompts x 3 weights (x control)
 

@@ -16,7 +16,10 @@ import glob
 from pathlib import Path
 
 from lora_kit.errors import UserError
+from lora_kit.infer.defaults import resolve, sampling_defaults
 from lora_kit.infer.spec import AXIS_KINDS, Axis, CellParams, ControlRef, GridSpec, LoraRef
+from lora_kit.world.evaluate import format_summary, guess_trigger, learn_concept_from_folder, parse_concept
+from lora_kit.world.grid_score import score_grid, write_scores
 
 DEFAULT_WEIGHTS = [0.0, 0.5, 1.0]
 
@@ -30,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", action="append", default=[], help="repeat for several prompts (a row axis unless placed)")
     g.add_argument("--negative", default="", help="negative prompt")
     g.add_argument("--seed", action="append", type=int, default=[], help="repeat for several seeds (a column axis unless placed)")
-    g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
-    g.add_argument("--sampler", default="DPM++ 2M", help='A1111 name ("DPM++ 2M Karras", "Euler a"...) or slug (dpm++2m, euler_a)')
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 20)")
+    g.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the model's; 7, builtin:tiny-world 5)")
+    g.add_argument("--sampler", default=None, help='A1111 name ("DPM++ 2M Karras", "Euler a"...) or slug (dpm++2m, euler_a); default: the model\'s, DPM++ 2M')
     g.add_argument("--size", default="", help="WIDTHxHEIGHT or N (default: the model's native size)")
     g.add_argument("--clip-skip", type=int, default=1, help="A1111 meaning: 2 = penultimate CLIP layer")
     g.add_argument("--init-image", default="", help="img2img source image")
@@ -58,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, help="output folder (grid.png, grid.html, grid.json, cells/)")
     g.add_argument("--overwrite", action="store_true", help="replace a grid already in --out")
     g.add_argument("--rerender", type=int, default=None, metavar="N", help="re-render cell N of the grid in --out and compare bytes")
+    g = p.add_argument_group("scoring (the embedded tiny world: lora_kit.world.evaluate)")
+    g.add_argument("--score", choices=["world"], default=None, help="label every cell and summarise per LoRA weight -> scores.json")
+    g.add_argument("--trigger", default="", help="the LoRA's trigger word (default: the one prompt word the world does not know)")
+    g.add_argument("--concept", default="", metavar="KEY=VALUE,...",
+                   help="what the concept looks like: shape=hexagon | shape=other,vertices=7 | fill=periodic,orientation=horizontal,period=16")
+    g.add_argument("--concept-from", default="", metavar="DATASET", help="learn the concept's signature from its training images instead")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -148,9 +157,10 @@ def build_spec(args) -> GridSpec:
     prompts = list(args.prompt) or [""]
     seeds = list(args.seed) or [1]
     width, height = parse_size(args.size)
+    sampling = resolve({"cfg": args.cfg, "steps": args.steps, "sampler": args.sampler}, sampling_defaults(args.model))
     base = CellParams(
-        prompt=prompts[0], negative_prompt=args.negative, seed=seeds[0], steps=args.steps, cfg=args.cfg,
-        sampler=args.sampler, width=width, height=height, clip_skip=args.clip_skip,
+        prompt=prompts[0], negative_prompt=args.negative, seed=seeds[0], steps=int(sampling["steps"]), cfg=float(sampling["cfg"]),
+        sampler=sampling["sampler"], width=width, height=height, clip_skip=args.clip_skip,
         loras=[parse_lora(t) for t in args.lora], controls=build_controls(args),
         init_image=args.init_image, strength=args.strength,
     )  # fmt: skip
@@ -192,6 +202,7 @@ def run(args) -> int:
     from lora_kit.infer.grid import render_grid
 
     spec = build_spec(args)
+    scoring = _scoring(args) if args.score else None  # before rendering: a bad --concept fails in a second
     result = render_grid(spec, args.out, overwrite=args.overwrite)
     lay = result.layout
     per = result.manifest["timing"]["seconds_per_image"]
@@ -201,4 +212,28 @@ def run(args) -> int:
         m = c["metrics"]
         nums = " ".join(f"{k}={v:.4f}" for k, v in m.items())
         print(f"  {c['file']}  {c['row_label']} | {c['col_label']}  {nums}".rstrip())
+    if scoring is not None:
+        _score(result, *scoring)
     return 0
+
+
+def _scoring(args) -> tuple[str, object]:
+    """(trigger word, ConceptSpec) for --score world."""
+    if bool(args.concept) == bool(args.concept_from):
+        raise UserError("--score world needs the concept: --concept shape=NAME|fill=periodic,... or --concept-from DATASET (one of them)")
+    trigger = args.trigger or guess_trigger(args.prompt)
+    concept = parse_concept(args.concept) if args.concept else learn_concept_from_folder(args.concept_from)
+    return trigger, concept
+
+
+def _score(result, trigger: str, concept) -> None:
+    scores = score_grid(result.out_dir, result.cells, trigger, concept)
+    path = write_scores(result.out_dir / "scores.json", scores)
+    for group in scores["groups"]:
+        if group["setting"]:
+            print(f"setting {group['setting']}:")
+        print("\n".join(format_summary(group["summary"], concept, trigger)))
+        if group["targets"]:
+            missed = [k for k, ok in group["targets"].items() if not ok]
+            print(f"  targets at weight 1: {len(group['targets']) - len(missed)}/{len(group['targets'])} met" + (f"; missed: {'; '.join(missed)}" if missed else ""))
+    print(f"scores: {path}")

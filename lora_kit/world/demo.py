@@ -2,15 +2,26 @@
 
 caption (template captioner, existing captions kept) -> bucket -> cache -> train a LoRA (recipes/demo-*.toml)
 -> kohya + diffusers files -> grid (prompts x seeds rows, LoRA weight 0 / 0.5 / 1 columns, plus a ControlNet
-column when the tiny ControlNet is shipped) -> the scorers of lora_kit.world.score say how often the concept
-appears at each weight, and how the base's shape/colour accuracy holds on prompts without the trigger word.
+column when the tiny ControlNet is shipped) -> lora_kit.world.evaluate (the code behind `lora-kit grid --score
+world`) learns the concept's signature from the training images, says how often it appears at each weight,
+and how the base holds on prompts without the trigger word: bleed, shape / colour accuracy, colour error
+and area against weight 0, with the issue-19 targets marked met or missed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
+
+from lora_kit.config.checks import check_recipe
+from lora_kit.config.load import load_recipe
+from lora_kit.errors import UserError
+from lora_kit.infer.defaults import sampling_defaults
+from lora_kit.utils import atomic_write_json
+from lora_kit.world.evaluate import format_summary, learn_concept_from_folder
+from lora_kit.world.grid_score import score_grid
 
 CONCEPTS = {
     # name: (recipe, dataset, trigger, prompts with the trigger, what the scorer checks)
@@ -50,14 +61,21 @@ def _prepare_data(dataset: str, trigger: str, out: Path) -> tuple[Path, str]:
     return data, f"{report.captioned} captioned, {report.skipped_existing} already had captions"
 
 
-def _train(recipe: str, data: Path, out: Path, steps: int, extra: list[str]):
-    from lora_kit.config.load import load_recipe
-    from lora_kit.train.recipe import LoraTrainer
-
-    overrides = [f'dataset.path="{data}"', f'output_dir="{out / "run"}"', *extra]
+def demo_recipe(recipe: str, data: Path, out: Path, steps: int, extra: list[str]):
+    """The shipped recipe with the user's --set overrides, then the demo's own values as typed fields (a
+    path is a value, not TOML text to quote: issue 17), checked again."""
+    r = load_recipe(recipe, extra)
+    r = dataclasses.replace(r, output_dir=str(out / "run"), dataset=dataclasses.replace(r.dataset, path=str(data)))
     if steps:
-        overrides.append(f"train.max_steps={steps}")
-    r = load_recipe(recipe, overrides)
+        r = dataclasses.replace(r, train=dataclasses.replace(r.train, max_steps=int(steps)))
+    check_recipe(r)
+    return r
+
+
+def _train(recipe: str, data: Path, out: Path, steps: int, extra: list[str]):
+    from lora_kit.train.recipe import LoraTrainer  # torch, diffusers, peft: loaded only when training
+
+    r = demo_recipe(recipe, data, out, steps, extra)
     t = LoraTrainer(r)
     t.setup()
     t.train()
@@ -70,7 +88,8 @@ def _grid(model: str, lora: Path, prompts: list[str], seeds: int, steps: int, ou
     from lora_kit.infer.grid import render_grid
     from lora_kit.infer.spec import Axis, CellParams, ControlRef, GridSpec, LoraRef
 
-    base = CellParams(prompt=prompts[0], seed=0, steps=steps, cfg=5.0, sampler="DPM++ 2M", width=64, height=64,
+    defaults = sampling_defaults(model)  # the world's CFG 5 and DPM++ 2M
+    base = CellParams(prompt=prompts[0], seed=0, steps=steps, cfg=defaults["cfg"], sampler=defaults["sampler"], width=64, height=64,
                       loras=[LoraRef(path=str(lora), weight=1.0, name=lora.stem)])
     cols = [Axis("weight", WEIGHTS, target=lora.stem, labels=[f"LoRA {w:g}" for w in WEIGHTS])]
     if control:
@@ -81,43 +100,13 @@ def _grid(model: str, lora: Path, prompts: list[str], seeds: int, steps: int, ou
     return render_grid(spec, out, overwrite=True)
 
 
-def _score_cells(result, concept: str) -> list[dict]:
-    """Per cell (without ControlNet): weight, trigger prompt or not, concept seen, shape and colour right."""
-    from PIL import Image
-
-    from lora_kit.world.score import score_image
-
-    rows = []
-    for cell in result.manifest["cells"]:
-        if any(k.startswith("control_scale") and v for k, v in cell["axes"].items()):
-            continue
-        prompt = cell["params"]["prompt"]
-        words = prompt.replace(",", " ").split()
-        s = score_image(Image.open(result.out_dir / cell["file"]))
-        shape = next((w for w in ("star", "circle", "square", "triangle", "diamond") if w in words), None)
-        rows.append({
-            "weight": float(cell["params"]["loras"][0]["weight"]),
-            "trigger": any(t in words for t in ("ohwx", "zyk")),
-            "concept": s.striped if concept == "style" else s.shape == "star",
-            "shape": s.shape == shape,
-            "color": s.color == words[1],
-        })
-    return rows
-
-
-def summarize(rows: list[dict]) -> dict:
-    """{weight: {"concept": rate on trigger prompts, "shape"/"color": accuracy on prompts without it,
-    "bleed": the concept seen on prompts without the trigger (a LoRA should keep it to its trigger)}}."""
-    def rate(group: list[dict], key: str) -> float:
-        return sum(r[key] for r in group) / max(1, len(group))
-
-    out = {}
-    for w in sorted({r["weight"] for r in rows}):
-        trig = [r for r in rows if r["weight"] == w and r["trigger"]]
-        plain = [r for r in rows if r["weight"] == w and not r["trigger"]]
-        out[w] = {"concept": rate(trig, "concept"), "shape": rate(plain, "shape"), "color": rate(plain, "color"),
-                  "bleed": rate(plain, "concept"), "n": len(trig) + len(plain)}
-    return out
+def score_demo(grid, trigger: str, data: Path) -> dict:
+    """The grid scored by lora_kit.world.evaluate: the concept learned from the training images in `data`;
+    the summary of the cells without ControlNet (the ControlNet columns draw inside a given outline)."""
+    concept = learn_concept_from_folder(data)
+    scores = score_grid(grid.out_dir, grid.cells, trigger, concept)
+    plain = next(g for g in scores["groups"] if not any(v for k, v in g["setting"].items() if k.startswith("control_scale")))
+    return {"trigger": trigger, "concept": concept, "summary": plain["summary"], "targets": plain["targets"], "cells": scores["cells"]}
 
 
 def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
@@ -139,7 +128,6 @@ def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
 
 
 def run(args) -> int:
-    from lora_kit.errors import UserError
     from lora_kit.world.assets import shipped_model_dir
 
     t0 = time.perf_counter()
@@ -164,19 +152,18 @@ def run(args) -> int:
     lora = Path(files.get("kohya") or files["diffusers"])
     grid = _grid(model, lora, prompts + plain, args.seeds, args.sample_steps, out / "grid", _control_image(out, concept))
     print(f"[3/4] grid     {grid.grid_path} (open {grid.html_path} in a browser)")
-    rates = summarize(_score_cells(grid, concept))
-    _report(rates, concept, out, time.perf_counter() - t0)
+    _report(score_demo(grid, trigger, data), out, time.perf_counter() - t0)
     return 0
 
 
-def _report(rates: dict, concept: str, out: Path, seconds: float) -> None:
-    from lora_kit.utils import atomic_write_json
-
-    what = "striped fill" if concept == "style" else "star shape"
-    print(f"[4/4] scores   concept = {what} on prompts with the trigger word; shape/colour = accuracy on prompts without it;")
-    print(f"               bleed = {what} on prompts without it")
-    print("  weight  concept  shape  colour  bleed  images")
-    for w, v in rates.items():
-        print(f"  {w:6.1f}  {v['concept']:7.0%}  {v['shape']:5.0%}  {v['color']:6.0%}  {v['bleed']:5.0%}  {v['n']:6d}")
-    atomic_write_json(out / "scores.json", {str(w): v for w, v in rates.items()})
+def _report(scores: dict, out: Path, seconds: float) -> None:
+    """The summary table, the targets at weight 1 against weight 0, and scores.json."""
+    summary, targets = scores["summary"], scores["targets"]
+    print("[4/4] scores   " + "\n               ".join(format_summary(summary, scores["concept"], scores["trigger"])))
+    if targets:
+        for name, ok in targets.items():
+            print(f"  {'met   ' if ok else 'MISSED'} {name}")
+    data = {"trigger": scores["trigger"], "concept": scores["concept"].to_dict(), "targets": targets,
+            "weights": {str(w): v for w, v in summary.items()}, "cells": scores["cells"]}
+    atomic_write_json(out / "scores.json", data)
     print(f"done in {seconds:.0f} s; everything is under {out}")
