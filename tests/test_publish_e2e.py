@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from lora_kit.cli import main
-from test_publish import TOKEN, assert_clean, folder_bytes, front_matter
+from test_publish import TOKEN, assert_clean, folder_bytes, front_matter, safetensors_metadata
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,47 @@ def test_card_snippet_runs(trained, tmp_path, monkeypatch):
     pipe = scope["pipe"]
     assert pipe.get_active_adapters() == ["tiny_smoke"]
     assert scope["image"].shape == (64, 64, 3)
+
+
+def test_default_flow_from_any_working_folder(tmp_path, monkeypatch, capsys):
+    """`lora-kit train tiny-smoke` (default output_dir runs/tiny-smoke, relative) then publish by the path
+    the user typed, from the folder it was trained in and from another one: nothing in the published
+    files names a location (the embedded recipe's output_dir is a name), and a planted token still stops it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "tiny-smoke", "train.max_steps=2", "save.every_n_steps=0", "log.tensorboard=false"]) == 0
+    meta = safetensors_metadata((work / "runs" / "tiny-smoke" / "tiny-smoke.safetensors").read_bytes())
+    recipe = json.loads(meta["lora_kit.recipe"])
+    assert recipe["output_dir"] == "tiny-smoke" and recipe["dataset"]["path"] == "builtin:shapes-star"
+    assert main(["publish", "runs/tiny-smoke", "--hub", "someone/x", "--dry-run"]) == 0
+    assert main(["publish", "runs/tiny-smoke", "--civitai", "out.zip"]) == 0
+    hub = folder_bytes(work / "runs" / "tiny-smoke" / "publish" / "hub")
+    with zipfile.ZipFile(work / "out.zip") as zf:
+        zipped = {n: zf.read(n) for n in zf.namelist()}
+    for files in (hub, zipped):
+        assert_clean(files, work)
+        assert all(b"runs/tiny-smoke" not in data for data in files.values())
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert main(["publish", "../work/runs/tiny-smoke", "--civitai", "b.zip"]) == 0
+    assert main(["publish", str(work / "runs" / "tiny-smoke"), "--hub", "someone/x", "--dry-run", "--out", "hub"]) == 0
+    assert oct((other / "hub").stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    # The scan still refuses: a token (not hf_-shaped, so no scrubbing rule removes it) in the description.
+    planted = "tok-1234567890-private"
+    monkeypatch.setenv("HF_TOKEN", planted)
+    summary = json.loads((work / "runs" / "tiny-smoke" / "summary.json").read_text())
+    summary["description"] = f"trained with {planted}"
+    (work / "runs" / "tiny-smoke" / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["publish", "../work/runs/tiny-smoke", "--civitai", "c.zip"]) == 2
+    assert "refusing to publish, private data found" in capsys.readouterr().err and not (other / "c.zip").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
