@@ -46,7 +46,8 @@ class SidecarStore:
         return Path(item.path).with_suffix(self.extension)
 
     def _label(self, p: Path) -> str:
-        return f"caption file {p.relative_to(self.root).as_posix()}" if p.is_relative_to(self.root) else p.name
+        rel = p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else p.name
+        return f"caption file {self.root.name}/{rel}"  # as the scan names it (layout.read_caption)
 
     def existing(self, item: ImageItem) -> str | None:
         """The caption training reads for this image (layout.read_caption's order), None without one."""
