@@ -7,13 +7,14 @@ diffusers-format file whose `lora_adapter_metadata` carries the trained alphas, 
 at its trained strength. LyCORIS LoHa/LoKr files, which diffusers rejects, are added afterwards with
 lora_kit.adapters.lycoris.apply (W += scale * delta-W, the A1111/ComfyUI formula).
 
-The output is a diffusers folder, not a single .safetensors checkpoint: A1111/ComfyUI single files use
-Stability's key names for U-Net, VAE and text encoders, and diffusers ships that conversion only as a
-repository script (scripts/convert_diffusers_to_original_stable_diffusion.py), not in the package.
+The output is a diffusers folder, or with --single-file one .safetensors checkpoint in the LDM layout
+A1111/ComfyUI and `from_single_file` load (Stability's key names for U-Net, VAE and text encoders, mapped
+by lora_kit.adapters.single_file: diffusers ships that direction only as a repository script).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from lora_kit.errors import UserError
 def add_arguments(parser) -> None:
     parser.add_argument("base", help="base model: diffusers folder, Hub id or builtin:tiny-sd15")
     parser.add_argument("loras", nargs="+", metavar="LORA[:SCALE]", help="LoRA files, each with an optional strength (default 1.0)")
-    parser.add_argument("out", help="output diffusers folder")
+    parser.add_argument("out", help="output diffusers folder (with --single-file: a .safetensors file)")
+    parser.add_argument("--single-file", action="store_true",
+                        help="write one LDM checkpoint (.safetensors) that A1111, ComfyUI and from_single_file load")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--allow-pickle", action="store_true", help="also read .ckpt/.pt LoRAs (only from trusted sources)")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="dtype of the saved model")
@@ -70,8 +73,9 @@ def _check_family(parsed, family: str, path: str) -> None:
 
 
 def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bool = False,
-                allow_pickle: bool = False, dtype: str = "fp32") -> Path:
-    """Fuse `loras` [(file, scale)] into `base` and save the pipeline to `out` (atomically)."""
+                allow_pickle: bool = False, dtype: str = "fp32", single_file: bool = False) -> Path:
+    """Fuse `loras` [(file, scale)] into `base` and save the pipeline to `out` (atomically): a diffusers
+    folder, or with `single_file` one LDM .safetensors checkpoint (lora_kit.adapters.single_file)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -82,6 +86,8 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --force to replace it")
+    if single_file and out.suffix != ".safetensors":
+        raise UserError(f"--single-file writes one .safetensors checkpoint; name OUT *.safetensors (got {out.name})")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     pipe = _load_pipeline(base, torch.float32)  # fuse in fp32, cast when saving
     family = _family(pipe)
@@ -106,6 +112,11 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
     for parsed, scale in lycos:
         lycoris.apply(parsed, {c: getattr(pipe, c) for c in components}, scale)
     pipe.to(torch_dtype)
+    if single_file:
+        from lora_kit.adapters.single_file import save_single_file
+
+        merged = json.dumps([{"lora": Path(p).name, "scale": s} for p, s in loras])  # file names, never paths
+        return save_single_file(pipe, family, out, {"format": "pt", "lora_kit.merged": merged})
     return _save_pipeline(pipe, out)
 
 
@@ -120,6 +131,7 @@ def run(args) -> int:
     for path, _ in loras:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
-    out = merge_loras(args.base, loras, args.out, overwrite=args.force, allow_pickle=args.allow_pickle, dtype=args.dtype)
+    out = merge_loras(args.base, loras, args.out, overwrite=args.force, allow_pickle=args.allow_pickle, dtype=args.dtype,
+                      single_file=args.single_file)
     print(f"merged {len(loras)} LoRA(s) into {out}")
     return 0
