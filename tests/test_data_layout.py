@@ -166,3 +166,15 @@ def test_jsonl_n_name_folder_gives_repeats(tmp_path):
     recs = scan_dataset(DatasetConfig(path=str(root), repeats=2)).records
     assert [(r.rel, r.repeats, r.class_tokens, r.folder, r.caption) for r in recs] == [
         ("4_dog/a.png", 4, "dog", "4_dog", "a dog"), ("imgs/b.png", 2, None, "hub", "b")]
+
+
+def test_text_cache_holds_reg_captions_without_the_trigger(tmp_path):
+    """The trainer's text-embedding cache (train/data.py) uses the dataset's caption rule: every caption a
+    batch carries is a cache key, and the prior images' keys have no trigger word."""
+    from tests.train_utils import run_training
+
+    _reg_recipe(tmp_path)  # writes concept/ and prior/
+    t = run_training(tmp_path / "run", [f'dataset.path="{tmp_path / "concept"}"', f'dataset.reg_path="{tmp_path / "prior"}"',
+                                        'dataset.trigger_word="zyk"', 'dataset.reg_class_tokens="a shape"',
+                                        "train.max_steps=1"])
+    assert t.data.text_cached and set(t.data.text_embeds) == {"zyk, a red star", "a blue square", "a shape"}
