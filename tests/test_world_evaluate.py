@@ -118,3 +118,19 @@ def test_grid_scores_the_world(tmp_path, capsys):
     assert all(c["shape_ok"] and c["color_ok"] for c in base), base  # the base draws "a blue square" at 8 steps, CFG 5
     manifest = json.loads((out / "grid.json").read_text())
     assert {c["params"]["cfg"] for c in manifest["cells"]} == {5.0}
+
+
+def test_training_samples_use_the_models_defaults_unless_set():
+    from lora_kit.config.schema import SampleConfig
+    from lora_kit.infer.training import training_grid_spec
+
+    world = sampling_defaults("builtin:tiny-world")
+    spec = training_grid_spec(SampleConfig(prompts=["a red circle on a white background"]), (64, 64), defaults=world)
+    assert (spec.base.cfg, spec.base.steps, spec.base.sampler) == (5.0, 20, "DPM++ 2M")
+    spec = training_grid_spec(SampleConfig(prompts=["x"], cfg=8.0, steps=4, sampler="euler_a"), (64, 64), defaults=world)
+    assert (spec.base.cfg, spec.base.steps, spec.base.sampler) == (8.0, 4, "euler_a")
+    assert training_grid_spec(SampleConfig(prompts=["x"]), (64, 64)).base.cfg == 7.0  # any other model: as before
+    from lora_kit.config.load import recipe_from_dict
+
+    with pytest.raises(UserError, match=r"\[sample\] steps/cfg"):
+        recipe_from_dict({"dataset": {"path": "x"}, "sample": {"cfg": -1.0}})

@@ -56,6 +56,8 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[optimizer] lr", "Prodigy adapts the step size itself: set lr = 1.0")
     if r.sample.control_image and not r.sample.controlnet:
         _fail(r, "[sample] controlnet", "control_image needs a controlnet (folder or hub id)")
+    if r.sample.steps < 0 or r.sample.cfg < 0:
+        _fail(r, "[sample] steps/cfg", f"expected 0 (the model's default) or a positive number, got steps {r.sample.steps} and cfg {r.sample.cfg}")
     if len(r.optimizer.betas) != 2:
         _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")
     check_validation(r)

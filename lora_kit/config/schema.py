@@ -166,9 +166,9 @@ class SampleConfig:
     negative_prompt: str = ""
     seeds: list[int] = field(default_factory=lambda: [0])
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = "dpm++2m"
+    steps: int = 0  # 0 = the model's default (lora_kit.infer.defaults: 20)
+    cfg: float = 0.0  # 0 = the model's default (7; builtin:tiny-world 5)
+    sampler: str = ""  # "" = the model's default (DPM++ 2M)
     width: int = 0  # 0 = bucket resolution
     height: int = 0
     control_image: str = ""  # optional ControlNet conditioning image

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from lora_kit.infer.defaults import GENERIC, components_sampling_defaults, resolve
 from lora_kit.infer.spec import Axis, CellParams, ControlRef, GridSpec, LoraRef
 
 ADAPTER_NAME = "default"
@@ -60,12 +61,14 @@ def preserved_training_state(modules: list):
         np.random.set_state(np_state)
 
 
-def training_grid_spec(sample_cfg, size: tuple[int, int], clip_skip: int = 1, lora_name: str = ADAPTER_NAME) -> GridSpec:
+def training_grid_spec(sample_cfg, size: tuple[int, int], clip_skip: int = 1, lora_name: str = ADAPTER_NAME, defaults: dict | None = None) -> GridSpec:
     """Rows = prompts; columns = adapter weight (outer) x seed (inner). `lora_name` is only the alias
-    shown in labels and in `<lora:name:w>`; the in-memory adapter is scaled whatever its peft name."""
+    shown in labels and in `<lora:name:w>`; the in-memory adapter is scaled whatever its peft name.
+    `defaults`: the model's sampling defaults (infer.defaults), for the [sample] keys left at 0 / ""."""
+    sampling = resolve({"cfg": sample_cfg.cfg, "steps": sample_cfg.steps, "sampler": sample_cfg.sampler}, defaults or GENERIC)
     base = CellParams(
         prompt=sample_cfg.prompts[0], negative_prompt=sample_cfg.negative_prompt, seed=int(sample_cfg.seeds[0]),
-        steps=int(sample_cfg.steps), cfg=float(sample_cfg.cfg), sampler=sample_cfg.sampler,
+        steps=int(sampling["steps"]), cfg=float(sampling["cfg"]), sampler=sampling["sampler"],
         width=int(size[0]), height=int(size[1]), clip_skip=int(clip_skip),
         loras=[LoraRef(path="", weight=1.0, name=lora_name)],
     )  # fmt: skip
@@ -94,7 +97,7 @@ def render_training_samples(pipe_or_components, sample_cfg, step: int, out_dir: 
     if isinstance(comps, dict) and "unet" in comps:
         comps = {**comps, "unet": extract_model_from_parallel(comps["unet"])}
     lp = LoraPipeline.from_components(comps, family, name=model_name)
-    spec = training_grid_spec(sample_cfg, size, clip_skip, lora_name)
+    spec = training_grid_spec(sample_cfg, size, clip_skip, lora_name, components_sampling_defaults(comps))
     for c in spec.base.controls:
         if c.model not in _CONTROLNETS:
             from lora_kit.infer.control import load_controlnet
