@@ -19,8 +19,11 @@ every trained module equals A1111's and ComfyUI's formulas applied to the export
 rounding), and they are peft tuner layers, so diffusers' add_adapter, peft's state-dict helpers
 (checkpoints, exact resume), cast_training_params and the in-process sample grids work unchanged;
 lycoris-lora wraps the model in its own network object with its own state dict and save path.
-Speed was not compared with lycoris-lora (it is not installed here); both compute the full delta-W
-per step (peft: `make_weight`/`make_kron`, LyCORIS: `get_weight`), so no large gap is expected.
+Measured (scripts/bench_lycoris.py, lycoris-lora 4.1.3 installed beside, SD1.5-sized layers, rank 8,
+2-core CPU, 1 thread, shared box so +-15 %): the same tensors give the same outputs in both (<= 1e-7
+relative) and peft's delta-W equals the A1111 formula exactly; a training step (forward + backward)
+took peft 118-288 ms and lycoris-lora 0.96-1.70x that (LoHa linears on par, LoHa 3x3 conv and every
+LoKr case 1.45-1.70x slower), so peft is not the slower choice.
 """
 
 from __future__ import annotations
