@@ -187,6 +187,14 @@ def test_info_convert_and_resize_on_lycoris_files(tmp_path):
 
     with pytest.raises(UserError, match="LyCORIS lokr"):
         resize_parsed(io.read_lora_file(src), 1)
+    from lora_kit.adapters.tools.info import format_text
+
+    c, ad = trained_sd15("lokr", 8)  # attention factors full: no rank, A1111 scale 1
+    full = describe(export(tmp_path / "full", c, ad)["kohya"])
+    attn = [e for e in full["groups"]["unet down 0"] if e["rank"] is None]
+    assert attn and all(e["scale"] == 1.0 for e in attn)
+    text = format_text(full)
+    assert "algo lokr" in text and "rank full" in text
 
 
 def test_sdxl_lycoris_uses_stability_block_names(tmp_path):
@@ -294,3 +302,22 @@ def test_recipe_checks_name_the_key(overrides, key):
         load_recipe("tiny-smoke", overrides)
     assert key in str(err.value) and "\n" not in str(err.value)
     assert load_recipe("tiny-smoke", ["network.algo=lokr", "network.factor=4"]).network.factor == 4
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_tucker_conv_cores_apply_like_a1111(algo):
+    """LyCORIS use_tucker files (hada_t1/t2, lokr_t2; peft's use_effective_conv2d) read by lora-kit's formula."""
+    from peft import LoHaConfig, LoKrConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    holder = torch.nn.Module()
+    holder.conv = torch.nn.Conv2d(16, 24, 3)
+    cfg = (LoHaConfig if algo == "loha" else LoKrConfig)(r=2, alpha=3, target_modules=["conv"], init_weights=False,
+                                                          use_effective_conv2d=True)
+    inject_adapter_in_model(cfg, holder)
+    layer = holder.conv
+    parts = {k: getattr(layer, k)["default"].detach() for k in lycoris.KEYS if "default" in getattr(layer, k, {})}
+    assert {"hada_t1", "lokr_t2"} & set(parts)
+    want = layer.get_delta_weight("default").detach()
+    got = lycoris.delta_weight(parts, 3 / 2, want.shape)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
