@@ -23,7 +23,10 @@ MARGIN = 16 << 20  # bytes kept free beyond one checkpoint's estimate (recipe.to
 
 def check_before_training(r: Recipe) -> None:
     check_paths(r)
-    configs = model_configs(r)
+    # Under `accelerate launch` the main process checks the model alone: a builtin preset is written to
+    # the cache on first use, and every rank writing it at once would race (load_model does it
+    # main_process_first for the same reason). A refusal there ends the launch.
+    configs = model_configs(r) if int(os.environ.get("RANK", "0")) == 0 else None
     lora_params = check_model(r, *configs) if configs else 0
     check_locations(r, checkpoint_bytes(r, lora_params))
 
