@@ -52,6 +52,7 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[train] max_steps", "set max_steps > 0 or epochs > 0")
     if r.dataset.reg_path and r.loss.prior_loss_weight <= 0:
         _fail(r, "[loss] prior_loss_weight", "must be > 0 when [dataset] reg_path is set (or remove reg_path)")
+    check_class_images(r)
     if r.optimizer.name == "prodigy" and r.optimizer.lr < 0.1:
         _fail(r, "[optimizer] lr", "Prodigy adapts the step size itself: set lr = 1.0")
     if r.sample.control_image and not r.sample.controlnet:
@@ -94,6 +95,18 @@ def check_paths(r: Recipe) -> None:
     m = r.model.pretrained
     if not is_builtin(m) and (m.startswith((".", "/", "~")) or m.endswith(".safetensors")) and not Path(m).expanduser().exists():
         _fail(r, "[model] pretrained", f"{m} does not exist (a diffusers folder, a .safetensors file, a Hub id or builtin:NAME)")
+
+
+def check_class_images(r: Recipe) -> None:
+    d = r.dataset
+    if d.reg_count < 0:
+        _fail(r, "[dataset] reg_count", f"expected an integer >= 0, got {d.reg_count}")
+    if bool(d.reg_prompt.strip()) != (d.reg_count > 0):
+        _fail(r, "[dataset] reg_prompt/reg_count", "set both to render class images (e.g. reg_prompt = \"a photo of a dog\", reg_count = 100), or neither")
+    if d.reg_prompt and d.reg_path:
+        _fail(r, "[dataset] reg_prompt", "set reg_prompt (class images rendered by the base) or reg_path (your own), not both")
+    if d.reg_prompt and r.loss.prior_loss_weight <= 0:
+        _fail(r, "[loss] prior_loss_weight", "must be > 0 when [dataset] reg_prompt is set")
 
 
 def check_validation(r: Recipe) -> None:
@@ -140,7 +153,8 @@ def check_ranges(r: Recipe) -> None:
     _at_least(r, "[log] every_n_steps", r.log.every_n_steps, 1, "a number of steps >= 1")
     sm = r.sample
     _at_least(r, "[sample] every_n_steps", sm.every_n_steps, 0, "0 (off) or a number of steps >= 1")
-    _at_least(r, "[sample] steps", sm.steps, 1)
+    _at_least(r, "[sample] steps", sm.steps, 0, "0 (the model's default) or a number of steps >= 1")
+    _at_least(r, "[sample] cfg", sm.cfg, 0, "0 (the model's default) or a guidance scale > 0")
     for key, val in (("width", sm.width), ("height", sm.height)):
         if val < 0 or val % 8:
             _fail(r, f"[sample] {key}", f"expected 0 (bucket resolution) or a multiple of 8 (the latent stride), got {val}")

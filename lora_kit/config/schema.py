@@ -46,6 +46,8 @@ class DatasetConfig:
     reg_repeats: int = 1
     reg_class_tokens: str = ""  # caption of reg images without sidecar, e.g. "a star"
     reg_balance: bool = False  # kohya: raise reg repeats round-robin (or drop the surplus) to match the training samples
+    reg_prompt: str = ""  # class images rendered by the base model from this prompt (diffusers DreamBooth --class_prompt)
+    reg_count: int = 0  # how many (--num_class_images); rendered once, cached by model hash and prompt
     validation_split: float = 0.0  # fraction held out for validation loss (seeded)
     max_images: int = 0  # 0 = all
 

@@ -14,6 +14,7 @@ import random
 
 import torch
 
+from lora_kit.data.class_images import ensure_class_images
 from lora_kit.data.dataset import TrainData, build_train_data, collate
 from lora_kit.data.sampler import BucketBatchSampler
 
@@ -106,6 +107,8 @@ def _encode_all(trainer_bundle, captions: list[str], clip_skip: int, device, bat
 
 def build_training_data(recipe, bundle, accelerator) -> TrainingData:
     acc = accelerator
+    # [dataset] reg_prompt: the base renders the class images (cached) and they become the reg set
+    recipe = ensure_class_images(recipe, bundle, acc)
     data = build_train_data(
         recipe, vae=bundle.vae, device=acc.device, dtype=bundle.vae.dtype, cache=recipe.cache.latents,
         num_processes=acc.num_processes, process_index=acc.process_index, barrier=acc.wait_for_everyone,
