@@ -6,6 +6,7 @@ These run bench_train's two sides and profile_train on the tiny model for a coup
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,20 +20,37 @@ import bench_train as bt  # noqa: E402
 from tests.train_utils import reset_accelerate  # noqa: E402
 
 
-def test_bench_train_sides_train_the_same_adapter_and_report(tmp_path):
+def test_bench_train_loops_train_the_same_adapter(tmp_path):
     step, dev = bt.reference_step_fn("builtin:tiny-sd15", 64, 2)
     step()
     reset_accelerate()
     t = bt.lora_kit_trainer("builtin:tiny-sd15", 64, 2, 2, str(tmp_path / "run"))
     # the comparison is fair: the same LoRA (rank 16 on to_q/k/v/out.0) on the same U-Net
     assert step.trainable_parameters == sum(p.numel() for p in t._trained_params())
+    _, _, bare_params = bt.bare_loop("builtin:tiny-sd15", 64, [2])
+    assert bare_params == step.trainable_parameters
     before = [p.detach().clone() for p in t._trained_params()]
     bt.lora_kit_step(t, next(t.data.batches(0)), 0)
     assert any(not (a == b.detach()).all() for a, b in zip(before, t._trained_params()))
     assert t.offloaded == [t.bundle.vae, *t.bundle.text_encoders]  # caches cover the step
-    reset_accelerate()
-    r = bt.lora_kit_run("builtin:tiny-sd15", 64, 2, steps=1, warmup=1, out=str(tmp_path / "run2"))
-    assert r["images_per_s"] > 0 and r["peak_mb"] > 0 and r["offloaded"] == 2 and r["device"] == "cpu"
+
+
+def test_bench_train_runs_every_loop_and_prints_one_table(tmp_path):
+    """The whole matrix on the tiny model, as bench_gpu.sh runs it on a GPU (there with inductor)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--batches", "2", "--steps", "1",
+                          "--warmup", "1", "--workdir", str(tmp_path), "--set", 'train.compile_backend="aot_eager"'],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RESULTS "))[8:])
+    assert [r["loop"] for r in rows] == list(bt.LOOPS)
+    assert all(r["images_per_s"] > 0 and r["peak_mb"] > 0 for r in rows), res.stderr[-3000:]
+    by = {r["loop"]: r for r in rows}
+    assert by["default"]["flops"] > 0 and by["bare"]["ops"] > 0 and by["default"]["ops"] > 0
+    assert by["fast"]["warmup_extra_s"] > 0  # the compiled loop's first step compiled
+    ratios = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("RATIOS "))[7:])
+    assert {"fast/floor images/s @2", "default/bare aten ops @2", "fast/reference images/s @2"} <= set(ratios)
+    assert "| loop | batch | images/s |" in res.stdout
 
 
 def test_profile_train_prints_phases_and_profile(tmp_path):

@@ -38,6 +38,9 @@ def build_optimizer(groups: list[dict], cfg: OptimizerConfig):
     kwargs = {"weight_decay": cfg.weight_decay, "betas": tuple(cfg.betas)}
     if cfg.name != "lion8bit":
         kwargs["eps"] = cfg.eps  # Lion has no epsilon
+    if cfg.name == "adamw" and all(p.is_cuda for g in groups for p in g["params"]):
+        # torch's fused CUDA AdamW: one kernel launch for all tensors instead of several per tensor.
+        kwargs["fused"] = True
     kwargs.update(cfg.args)
     return cls(groups, lr=cfg.lr, **kwargs)
 
