@@ -1,15 +1,16 @@
 """One run per output folder: a lock file holding the owner's PID and host for the run's lifetime.
 
-A second `lora-kit train` on the same folder stops with one line naming the holder. A lock left by a
-process that died (kill -9, power loss) on this host is taken over with a line; one held from another
-host (a shared network disk) is never guessed dead: the user removes it. `O_CREAT | O_EXCL` makes taking
-the lock atomic; fcntl locks are not used because they are unreliable on network file systems.
+The lock is an exclusive `flock` on `<output_dir>/.lora-kit.lock`, held (file kept open) until the run
+ends. The kernel drops it when the process dies, however it dies (kill -9 included), so there is no
+stale-lock guessing and no race between two runs that start at once; the PID, host and start time
+written into the file only serve the message a second run prints. A file left by a dead process is
+taken over with a line. (Linux NFS clients map flock to NFS byte-range locks, so a shared disk works.)
 """
 
 from __future__ import annotations
 
 import atexit
-import errno
+import fcntl
 import json
 import os
 import socket
@@ -19,16 +20,7 @@ from pathlib import Path
 from lora_kit.errors import UserError
 
 LOCK_FILE = ".lora-kit.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+_HELD: dict[str, "RunLock"] = {}  # path -> lock held by this process (a later run in-process replaces it)
 
 
 def _read(path: Path) -> dict:
@@ -41,61 +33,54 @@ def _read(path: Path) -> dict:
 class RunLock:
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_FILE
-        self.held = False
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self, say=print) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(3):
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD.pop(key).release()  # an earlier run of this same process (tests, notebooks) that did not end
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale(me, say)
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
-            self.held = True
-            atexit.register(self.release)
-            return self
-        raise UserError(f"{self.path.parent}: could not take the run lock {self.path.name}")
-
-    def _take_over_if_stale(self, me: dict, say) -> None:
-        holder = _read(self.path)
-        pid, host = holder.get("pid"), holder.get("host")
-        if not isinstance(pid, int) or host is None:
-            # Half-written by a process killed between create and write: only stale if it is old.
-            if time.time() - self._mtime() < 10:
-                time.sleep(1)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 holder = _read(self.path)
-                if holder.get("pid"):
-                    return self._take_over_if_stale(me, say)
-            say(f"{self.path.parent}: removing an unreadable run lock {self.path.name}")
-        elif host == me["host"] and (pid == me["pid"] or not _alive(pid)):
-            if pid != me["pid"]:
-                say(f"{self.path.parent}: taking over the lock of PID {pid} (no longer running)")
-        else:
-            where = "" if host == me["host"] else f" on host {host}"
-            raise UserError(f"{self.path.parent} is in use by another lora-kit run (PID {pid}{where}, since "
-                            f"{holder.get('since', '?')}): wait for it, or use --output-dir for a new folder"
-                            + ("" if host == me["host"] else f"; if that run is gone, delete {self.path}"))
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def _mtime(self) -> float:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return 0.0
+                host = holder.get("host", "?")
+                where = "" if host == socket.gethostname() else f" on host {host}"
+                raise UserError(f"{self.path.parent} is in use by another lora-kit run (PID {holder.get('pid', '?')}"
+                                f"{where}, since {holder.get('since', '?')}): wait for it, or use --output-dir "
+                                f"for a new folder") from None
+            try:  # the holder may have deleted the file between our open and our lock: lock the current one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read(self.path)
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            say(f"{self.path.parent}: taking over the lock of PID {previous['pid']} (no longer running)")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
+        _HELD[key] = self
+        atexit.register(self.release)
+        return self
 
     def release(self) -> None:
-        if not self.held:
+        if self.fd is None:
             return
-        self.held = False
-        if _read(self.path).get("pid") == os.getpid():
-            try:
-                os.unlink(self.path)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
+        fd, self.fd = self.fd, None
+        _HELD.pop(str(self.path.resolve()), None)
+        try:
+            os.unlink(self.path)  # while still locked: nobody can hold a lock on the file we remove
+        except FileNotFoundError:
+            pass
+        os.close(fd)
