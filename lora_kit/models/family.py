@@ -32,7 +32,7 @@ class Family:
     architecture: str  # SAI ModelSpec modelspec.architecture, before the "/lora" suffix
     text_encoders: int
     sgm_unet_names: bool  # kohya names the U-Net after Stability's sgm code (A1111 loads SDXL LoRAs by those)
-    fp32_vae: bool  # the stock VAE overflows in fp16/bf16 training
+    fp32_vae: bool  # the stock VAE overflows in fp16 (NaN latents): kept fp32 under any mixed precision
     implementation: str = ""  # ModelSpec implementation when it is not diffusers'
 
     @property

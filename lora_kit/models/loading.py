@@ -156,7 +156,8 @@ def model_index(spec: str) -> dict:
 
 def vae_dtype(family: str, weight_dtype: torch.dtype, custom_vae: bool) -> torch.dtype:
     """The VAE's dtype in training and latent caching (part of the latent-cache key): the weights' dtype,
-    except fp32 for a family whose stock VAE overflows in half precision (SDXL) when no replacement is given."""
+    except fp32 for a family whose stock VAE overflows in fp16 (SDXL; kept for bf16 too, as the trainer always
+    did) when no replacement VAE is given."""
     return torch.float32 if family_info(family).fp32_vae and not custom_vae else weight_dtype
 
 
