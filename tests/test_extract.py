@@ -93,3 +93,30 @@ def test_extract_refuses_bad_arguments(tmp_path, tiny_sd15_dir, capsys):
     assert "--rank R, --threshold T" in capsys.readouterr().err
     assert main(["extract", str(tiny_sd15_dir), str(tiny_sd15_dir), out, "--rank", "2"]) == 2
     assert "identical" in capsys.readouterr().err
+
+
+def test_sdxl_extract_writes_stability_names_that_read_back(tmp_path):
+    from types import SimpleNamespace
+
+    from lora_kit.adapters.io import write_kohya_lora
+    from lora_kit.adapters.tools.extract import extract
+    from lora_kit.models.presets import build_components
+
+    base, tuned = build_components("tiny-sdxl", seed=0), build_components("tiny-sdxl", seed=0)
+    mods = [("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"), ("unet", "up_blocks.0.resnets.1.time_emb_proj"),
+            ("unet", "down_blocks.0.downsamplers.0.conv"), ("text_encoder_2", "text_model.encoder.layers.0.mlp.fc1")]  # CLIPTextModelWithProjection keeps text_model
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for comp, path in mods:
+            w = tuned[comp].get_submodule(path).weight
+            w.add_(torch.randn(w.shape, generator=gen) * 0.01)
+    bundle = lambda c: SimpleNamespace(unet=c["unet"], text_encoders=[c["text_encoder"], c["text_encoder_2"]], family="sdxl")  # noqa: E731
+    parsed, report = extract(bundle(tuned), bundle(base), rank=2, threshold=None, conv_rank=None)
+    assert {k for k, *_ in report} == {f"{c}.{p}" for c, p in mods}
+    out = write_kohya_lora(tmp_path / "xl.safetensors", parsed, precision="fp32")
+    keys = {k.split(".")[0] for k in io.load_lora_file(out)[0]}
+    # tiny SDXL: layers_per_block 1, so down block i layer j is input_blocks.{1 + 2i + j} (docs/formats.md)
+    assert keys == {"lora_unet_input_blocks_3_1_transformer_blocks_0_attn2_to_k", "lora_unet_output_blocks_1_0_emb_layers_1",
+                    "lora_unet_input_blocks_2_0_op", "lora_te2_text_model_encoder_layers_0_mlp_fc1"}
+    back = io.read_lora_file(out)  # the tiny layout is recorded in the file
+    assert {(c, m) for c, m, _ in back.modules()} == {(c, m) for c, m, _ in parsed.modules()}
