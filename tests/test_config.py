@@ -109,3 +109,24 @@ def test_every_recipe_key_is_documented():
         elif f"| `{f.name}` |" not in doc:
             missing.append(f.name)
     assert missing == []
+
+
+@pytest.mark.parametrize("overrides", [[], ["network.conv_rank=2", "network.target=\"attn-ff\""]])
+def test_preflight_counts_the_lora_parameters_peft_adds(tiny_sd15_dir, overrides):
+    """The checkpoint-size estimate comes from the U-Net built on the meta device; it must count exactly
+    the parameters peft injects into the real U-Net."""
+    import json as _json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lora_kit.adapters.inject import inject_lora
+    from lora_kit.config.preflight import check_model
+
+    r = recipe_from_dict({"dataset": {"path": "x"}, "network": {"rank": 4}}, "r.toml", overrides)
+    unet_cfg = _json.loads((tiny_sd15_dir / "unet" / "config.json").read_text())
+    vae_cfg = _json.loads((tiny_sd15_dir / "vae" / "config.json").read_text())
+    estimate = check_model(r, unet_cfg, vae_cfg)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd15_dir / "unet")
+    adapters = inject_lora(unet, [], r.network, torch.float32)
+    assert estimate == sum(p.numel() for p in adapters.unet_params) > 0

@@ -131,7 +131,7 @@ def _check_targets(r: Recipe, unet_config: dict) -> int:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from lora_kit.adapters.inject import unet_target_modules
+    from lora_kit.adapters.inject import CONV_TARGETS, unet_target_modules
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(unet_config)
@@ -145,11 +145,13 @@ def _check_targets(r: Recipe, unet_config: dict) -> int:
                                              f"U-Net (names end like 'to_q', 'attn1.to_k', 'ff.net.2', 'conv1')")
     total = 0
     for t, names in matched.items():
+        # conv_rank applies to the ResNet convolutions only (peft rank_pattern); other Conv2d layers
+        # (1x1 proj_in/proj_out of older U-Nets) take the rank.
+        rank = r.network.conv_rank if (t in CONV_TARGETS and r.network.conv_rank) else r.network.rank
         for n in set(names):
             m = layers[n]
             if isinstance(m, torch.nn.Linear):
-                total += r.network.rank * (m.in_features + m.out_features)
-            else:
-                k = m.kernel_size[0] * m.kernel_size[1]
-                total += (r.network.conv_rank or r.network.rank) * (m.in_channels * k + m.out_channels)
+                total += rank * (m.in_features + m.out_features)
+            else:  # lora_A: the layer's kernel into `rank` channels, lora_B: 1x1 back out
+                total += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
     return total
