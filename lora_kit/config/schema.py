@@ -35,7 +35,7 @@ class DatasetConfig:
     caption_extension: str = ".txt"  # sidecar extension; ".caption" also read when this is missing
     repeats: int = 1  # for images not in an N_name folder
     class_tokens: str = ""  # fallback caption when an image has none (folder name of N_name overrides)
-    trigger_word: str = ""  # prefixed to every caption (kept first when tags are shuffled)
+    trigger_word: str = ""  # prefixed to the concept's captions (reg images keep theirs); kept first when tags are shuffled
     shuffle_tags: bool = False  # kohya shuffle_caption
     keep_tokens: int = 0  # leading tags never shuffled or dropped
     tag_separator: str = ","

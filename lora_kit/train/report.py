@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from lora_kit.data.trigger_words import trigger_word_warnings
+
 
 def tracker_config(recipe) -> dict:
     """Flat scalar hyper-parameters for TensorBoard's hparams view."""
@@ -28,7 +30,7 @@ def trainable_parameters(trainer) -> int:
     return sum(p.numel() for p in trainer._trained_params())
 
 
-def print_summary(trainer, file=sys.stdout) -> None:
+def print_summary(trainer, file=None) -> None:
     from lora_kit.adapters.inject import conv_alpha
 
     r, b, d, acc = trainer.recipe, trainer.bundle, trainer.data, trainer.accelerator
@@ -52,7 +54,7 @@ def print_summary(trainer, file=sys.stdout) -> None:
         f"optimizer   {r.optimizer.name} lr {r.optimizer.lr:g}"
         + (f", text encoder lr {r.optimizer.text_encoder_lr:g}" if r.network.train_text_encoder else "")
         + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})",
-        f"network     LoRA rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
+        f"network     {r.network.algo.upper() if r.network.algo != 'lora' else 'LoRA'} rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
         + (f" + ResNet convs rank {r.network.conv_rank} alpha {conv_alpha(r.network):g}" if r.network.conv_rank else "")
         + (" + text encoder" if r.network.train_text_encoder else "")
         + f"; {trainable_parameters(trainer):,} trainable parameters",
@@ -62,7 +64,9 @@ def print_summary(trainer, file=sys.stdout) -> None:
         + (f"; {len(trainer.offloaded)} frozen module(s) kept on the CPU until sampling" if trainer.offloaded and acc.device.type != "cpu" else ""),
         "=" * 72,
     ]
-    print("\n".join(lines), file=file, flush=True)
+    # A trigger word of several CLIP tokens, or a common one, learns poorly: said before the steps start.
+    lines += [f"warning: {w}" for w in trigger_word_warnings(r.dataset.trigger_word, b.tokenizers[0])]
+    print("\n".join(lines), file=file or sys.stdout, flush=True)  # sys.stdout now, not at import (capture)
 
 
 def progress_bar(trainer, enabled: bool):
