@@ -101,7 +101,8 @@ def is_write_fault(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in WRITE_FAULTS:
             return True
-        if not isinstance(exc, OSError) and _NATIVE_WRITE_FAULT.search(str(exc)):
+        native = isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError"
+        if native and _NATIVE_WRITE_FAULT.search(str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -297,3 +297,48 @@ def test_bad_values_and_locations_are_one_line_before_the_model_loads(tmp_path, 
     assert rc == 2 and len(_error_lines(err)) == 1 and "Traceback" not in err, err
     assert expect.replace("{file}", str(a_file)) in err, err
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------- atomic writers
+
+
+def test_folder_swap_keeps_the_old_folder_until_the_new_one_is_in(tmp_path):
+    from lora_kit.utils import atomic_dir, remove_stale_temps, swap_dir
+
+    out = tmp_path / "out"
+    atomic_dir(out, lambda d: (d / "a.txt").write_text("old"))
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # mkdtemp's mode replaced by the umask's
+
+    def fail(d: Path) -> None:
+        (d / "a.txt").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_dir(out, fail)
+    assert (out / "a.txt").read_text() == "old"
+    with pytest.raises(FileNotFoundError):  # the new folder cannot be renamed in: the old one is put back
+        swap_dir(tmp_path / "missing", out)
+    assert (out / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or aside folder left
+    atomic_dir(out, lambda d: (d / "b.txt").write_text("new"))
+    assert [p.name for p in out.iterdir()] == ["b.txt"]
+    # What a kill between the renames or mid-write leaves is removed by the next run (under its lock).
+    (tmp_path / ".out.old.x1").mkdir()
+    (tmp_path / ".x.safetensors.abc.tmp").write_text("half")
+    (tmp_path / ".lora-kit.lock").write_text("{}")
+    assert sorted(p.name for p in remove_stale_temps(tmp_path)) == [".out.old.x1", ".x.safetensors.abc.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lora-kit.lock", "out"]
+
+
+def test_write_faults_are_recognised_by_errno_and_by_native_messages():
+    import errno
+
+    from lora_kit.utils import describe_write_fault, is_write_fault
+
+    assert describe_write_fault(OSError(errno.ENOSPC, "x")) == "disk full"
+    assert describe_write_fault(OSError(errno.EFBIG, "x")) == "file size limit reached"
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.EACCES, "denied")
+    assert is_write_fault(wrapped) and describe_write_fault(wrapped) == "permission denied"
+    assert is_write_fault(RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"))
+    assert not is_write_fault(OSError(errno.ENOENT, "missing")) and not is_write_fault(ValueError("file write failed?"))
