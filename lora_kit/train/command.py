@@ -19,7 +19,6 @@ def add_arguments(p) -> None:
                    help="resume although the batch/bucket/dataset/seed setup changed since the checkpoint")
 
 
-
 def run(args) -> int:
     from lora_kit.errors import UserError
     from lora_kit.config.load import load_recipe
