@@ -86,3 +86,114 @@ def test_noise_and_timesteps_are_seeded_and_offset_applies():
     assert diff.abs().max() > 0
     t = sample_timesteps(1000, torch.Generator().manual_seed(0), 200, 400)
     assert int(t.min()) >= 200 and int(t.max()) < 400
+
+
+# --------------------------------------------------------------------------- loss types, Huber schedules, masks
+# An independent re-implementation of kohya-ss/sd-scripts' formulas (train_util.get_huber_threshold_if_needed and
+# conditional_loss), scalar by scalar in float64 with `math`, against lora_kit.train.loss's tensor version.
+
+from lora_kit.train.loss import elementwise_loss, huber_threshold, per_sample_loss, resize_mask  # noqa: E402
+
+
+def _kohya_c(t: int, ac, schedule: str, c: float, scale: float) -> float:
+    if schedule == "constant":
+        return c * scale
+    if schedule == "exponential":
+        return math.exp(-(-math.log(c) / len(ac)) * t) * scale
+    a = float(ac[t])
+    sigma = math.sqrt((1 - a) / a)
+    return (1 - c) / (1 + sigma) ** 2 + c  # kohya's snr branch ignores huber_scale
+
+
+def _kohya_elem(d: float, loss_type: str, c: float) -> float:
+    if loss_type == "l2":
+        return d * d
+    smooth = math.sqrt(d * d + c * c) - c
+    return 2 * c * smooth if loss_type == "huber" else 2 * smooth
+
+
+@pytest.mark.parametrize("schedule", ["constant", "exponential", "snr"])
+def test_huber_threshold_matches_kohya(schedule):
+    ac = _alphas()
+    t = torch.tensor([0, 1, 250, 500, 999])
+    got = huber_threshold(t, ac, schedule, 0.1, 2.0)
+    want = [_kohya_c(int(x), ac, schedule, 0.1, 2.0) for x in t]
+    assert got.dtype == torch.float32 and got.shape == (5,)
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+
+
+def test_huber_threshold_pinned():
+    ac = _alphas()
+    t = torch.tensor([0, 500, 1000 - 1])
+    # exponential: scale at t=0, c*scale at t=T (T=1000), geometric in between: 0.1**0.5 at t=500
+    assert huber_threshold(t, ac, "exponential", 0.1, 1.0).tolist() == pytest.approx([1.0, 0.1**0.5, 0.1**0.999], rel=1e-5)
+    # snr: close to 1 where the image is clean, close to c at pure noise; t=0: a = 1 - 0.00085,
+    # sigma = sqrt(0.00085 / 0.99915) = 0.029167, 0.9 / 1.029167^2 + 0.1 = 0.94971
+    snr_c = huber_threshold(t, ac, "snr", 0.1).tolist()
+    assert snr_c[0] == pytest.approx(0.94971, abs=1e-4) and snr_c[2] == pytest.approx(0.10369, abs=1e-4)  # sigma_999 = 14.6
+    assert huber_threshold(t, ac, "constant", 0.1, 3.0).tolist() == pytest.approx([0.3] * 3)
+
+
+def _reference_typed(pred, target, t, ac, loss_type, schedule, c, scale, mask, gamma, prediction_type):
+    total = 0.0
+    for i in range(pred.shape[0]):
+        ci = _kohya_c(int(t[i]), ac, schedule, c, scale)
+        num = den = 0.0
+        for idx in torch.cartesian_prod(*[torch.arange(n) for n in pred.shape[1:]]).tolist():
+            m = 1.0 if mask is None else float(mask[i, 0, idx[1], idx[2]])
+            num += m * _kohya_elem(float(pred[i][tuple(idx)]) - float(target[i][tuple(idx)]), loss_type, ci)
+            den += m
+        w = 1.0
+        if gamma:
+            a = float(ac[t[i]])
+            snr = a / (1 - a)
+            w = min(snr, gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+        total += (num / den if den else 0.0) * w
+    return total / pred.shape[0]
+
+
+@pytest.mark.parametrize("loss_type,schedule", [("l2", "snr"), ("huber", "snr"), ("huber", "exponential"),
+                                                 ("smooth_l1", "constant"), ("smooth_l1", "snr")])
+@pytest.mark.parametrize("masked", [False, True])
+def test_loss_types_match_reference(loss_type, schedule, masked):
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g) * 2
+    t = torch.tensor([3, 400, 990])
+    ac = _alphas()
+    mask = torch.rand(3, 1, 4, 4, generator=g) if masked else None
+    if masked:
+        mask[1] = 0.0  # nothing to learn in sample 1: it adds 0
+    got = diffusion_loss(pred, target, t, ac, prediction_type="v_prediction", min_snr_gamma=5.0, loss_type=loss_type,
+                         huber_schedule=schedule, huber_c=0.2, huber_scale=1.5, mask=mask)
+    want = _reference_typed(pred, target, t, ac, loss_type, schedule, 0.2, 1.5, mask, 5.0, "v_prediction")
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_huber_is_quadratic_near_zero_and_linear_far():
+    c = torch.tensor([0.5])
+    small, large = torch.tensor([[0.02]]), torch.tensor([[100.0]])
+    zero = torch.zeros(1, 1)
+    # pseudo-Huber 2c(sqrt(d^2+c^2)-c) ~ d^2 for |d| << c and ~ 2c|d| for |d| >> c; smooth_l1 is that / c
+    assert float(elementwise_loss(small, zero, "huber", c)) == pytest.approx(0.02**2, rel=1e-2)  # float32: ~1e-3 off
+    assert float(elementwise_loss(large, zero, "huber", c)) == pytest.approx(2 * 0.5 * 100 - 2 * 0.25, rel=1e-4)
+    assert float(elementwise_loss(large, zero, "smooth_l1", c)) == pytest.approx(2 * 100 - 1.0, rel=1e-4)
+
+
+def test_full_mask_is_exactly_the_unmasked_loss():
+    g = torch.Generator().manual_seed(4)
+    pred, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t, ac = torch.tensor([10, 700]), _alphas()
+    plain = diffusion_loss(pred, target, t, ac)
+    full_latent = diffusion_loss(pred, target, t, ac, mask=torch.ones(2, 1, 8, 8))
+    full_pixel = diffusion_loss(pred, target, t, ac, mask=torch.ones(2, 1, 64, 64))  # resized to 8x8 inside
+    assert torch.equal(plain, full_latent) and torch.equal(plain, full_pixel)
+
+
+def test_pixel_mask_is_area_averaged_to_latent_pixels():
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8, :4] = 1.0  # the top-left 8x8 block is half white
+    small = resize_mask(mask, (2, 2))
+    assert small.flatten().tolist() == [0.5, 0.0, 0.0, 0.0]
+    elem = torch.arange(4.0).reshape(1, 1, 2, 2)
+    assert per_sample_loss(elem, mask).tolist() == [0.0]  # only the top-left latent pixel (loss 0) is weighted
+    assert per_sample_loss(elem + 1, mask).tolist() == [1.0]
