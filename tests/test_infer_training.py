@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lora_kit.config.schema import SampleConfig
-from lora_kit.infer.training import render_training_samples
+from lora_kit.train.sampling import render_training_samples
 from lora_kit.models.presets import build_components
 
 SAMPLE = SampleConfig(prompts=["a star", "a moon"], seeds=[1, 2], weights=[0.0, 0.5, 1.0], steps=3, cfg=5.0, sampler="euler_a")

@@ -122,7 +122,7 @@ def test_grid_scores_the_world(tmp_path, capsys):
 
 def test_training_samples_use_the_models_defaults_unless_set():
     from lora_kit.config.schema import SampleConfig
-    from lora_kit.infer.training import training_grid_spec
+    from lora_kit.train.sampling import training_grid_spec
 
     world = sampling_defaults("builtin:tiny-world")
     spec = training_grid_spec(SampleConfig(prompts=["a red circle on a white background"]), (64, 64), defaults=world)

@@ -7,6 +7,7 @@ files. The per-step math lives in step.py and loss.py; file formats in lora_kit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ class LoraTrainer:
         self.seen_indices: list[int] = []  # dataset indices this process trained on (this invocation)
         self.offloaded: list = []  # frozen modules moved off the accelerator once the caches cover them
         self.last_loss = float("nan")  # mean training loss of the last log interval
+        self.last_val_loss: float | None = None  # held-out loss of the last validation
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -130,7 +132,8 @@ class LoraTrainer:
         from lora_kit.train.sampling import idle_frozen_modules
 
         self.unet.to(self.accelerator.device)
-        self.offloaded = idle_frozen_modules(self.data, self.bundle, self.recipe)
+        d = self.data
+        self.offloaded = idle_frozen_modules(d.latents_cached, d.text_cached, self.bundle, self.recipe.network.train_text_encoder)
         for m in self.offloaded:
             m.to("cpu")
 
@@ -271,14 +274,24 @@ class LoraTrainer:
                                     self.recipe.save.keep_last, self.run.run_id, lambda: self.run.first_output(self.recipe))
 
     def validate(self) -> float | None:
+        """Held-out loss of the unwrapped modules (no DDP collectives), logged and kept as last_val_loss."""
         from lora_kit.train.validation import validation_loss
 
-        return validation_loss(self)
+        acc, r = self.accelerator, self.recipe
+        ctx = dataclasses.replace(self.ctx, unet=acc.unwrap_model(self.unet),
+                                  text_encoders=[acc.unwrap_model(te) for te in self.text_encoders])
+        batches = self.data.validation_batches(r.train.batch_size)
+        self.last_val_loss = validation_loss(ctx, batches, r.validation, acc.log, self.global_step)
+        return self.last_val_loss
 
     def sample(self) -> Path | None:
         from lora_kit.train.sampling import render_samples
 
-        return render_samples(self)
+        b = self.bundle
+        components = {"unet": self.unet, "vae": b.vae, "scheduler": b.noise_scheduler,
+                      "text_encoders": self.text_encoders, "tokenizers": b.tokenizers}
+        return render_samples(self.accelerator, components, self.offloaded, self.recipe, self.global_step,
+                              self.out / "samples", b.family)
 
     # ------------------------------------------------------------------ save
     def export(self, suffix: str = "") -> dict:

@@ -8,26 +8,24 @@ dropout), and all randomness comes from explicit generators: training RNG is unt
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from lora_kit.train.step import forward_loss
+from lora_kit.config.schema import ValidationConfig
+from lora_kit.train.step import StepContext, forward_loss
 
 
-def validation_loss(trainer) -> float | None:
-    acc, r = trainer.accelerator, trainer.recipe
-    batches = trainer.data.validation_batches(r.train.batch_size)
+def validation_loss(ctx: StepContext, batches: list[dict], cfg: ValidationConfig, log, step: int) -> float | None:
+    """Mean held-out loss over `cfg.timesteps` (each image at each), logged through `log(dict, step=)`;
+    None without held-out images. `ctx` holds the unwrapped modules."""
     if not batches:
         return None
-    unet = acc.unwrap_model(trainer.unet)
-    ctx = dataclasses.replace(trainer.ctx, unet=unet, text_encoders=[acc.unwrap_model(te) for te in trainer.text_encoders])
+    unet = ctx.unet
     was_training = unet.training
     unet.eval()
     per_t: dict[int, float] = {}
-    noise_step = -(r.validation.seed + 1)  # a "step" no training step uses: its own noise stream
+    noise_step = -(cfg.seed + 1)  # a "step" no training step uses: its own noise stream
     with torch.no_grad():
-        for t in r.validation.timesteps:
+        for t in cfg.timesteps:
             total, n = 0.0, 0
             for batch in batches:
                 loss, info = forward_loss(ctx, batch, noise_step, fixed_timesteps=torch.tensor([t]))
@@ -37,7 +35,5 @@ def validation_loss(trainer) -> float | None:
     if was_training:
         unet.train()
     mean = sum(per_t.values()) / len(per_t)
-    logs = {"val/loss": mean, **{f"val/loss_t{t:04d}": v for t, v in per_t.items()}}
-    acc.log(logs, step=trainer.global_step)
-    trainer.last_val_loss = mean
+    log({"val/loss": mean, **{f"val/loss_t{t:04d}": v for t, v in per_t.items()}}, step=step)
     return mean
