@@ -44,7 +44,7 @@ def run(args) -> int:
     if trainer.global_step >= trainer.total_steps:
         files = trainer.save()
         if trainer.accelerator.is_main_process:
-            print(f"done: {trainer.global_step} steps, loss {getattr(trainer, 'last_loss', float('nan')):.4f}")
+            print(f"done: {trainer.global_step} steps, loss {trainer.last_loss:.4f}")
             for kind, path in files.items():
                 print(f"  {kind:10s} {path}")
     trainer.cleanup()
