@@ -17,26 +17,16 @@ from pathlib import Path
 from lora_kit.adapters import formats, hashes, lycoris, metadata as md, names
 from lora_kit.errors import UserError
 from lora_kit.models.family import detect_family
+from lora_kit.precision import save_dtype
 
-PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _ZIP_MAGIC = b"PK\x03\x04"
 logger = logging.getLogger(__name__)
 
 
-def _dtype(precision: str | None):
-    import torch
-
-    if precision in (None, "same", "keep"):
-        return None
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; expected fp16, bf16 or fp32")
-    return getattr(torch, PRECISIONS[precision])
-
-
 def cast_tensors(tensors: dict, precision: str | None) -> dict:
     """Floating tensors to `precision` (None keeps them); scalar alphas stay exact (see formats.alpha_tensor)."""
-    dtype = _dtype(precision)
+    dtype = save_dtype(precision)
     out = {}
     for key, t in tensors.items():
         t = t.detach().to("cpu")

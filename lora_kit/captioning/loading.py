@@ -86,12 +86,7 @@ def pick_dtype(device: str, dtype: str | None = None):
     """"auto"/None: bf16 (or fp16) on a GPU, fp32 on the CPU (half precision is slow or unsupported there)."""
     import torch
 
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype and dtype != "auto":
-        if dtype not in names:
-            raise UserError(f"unknown dtype {dtype!r}: one of auto, fp32, fp16, bf16")
-        return names[dtype]
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    from lora_kit.precision import runtime_dtype
+
+    gpu = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float16
+    return runtime_dtype(dtype, device, gpu_default=gpu)

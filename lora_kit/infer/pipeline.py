@@ -32,7 +32,7 @@ from lora_kit.errors import UserError
 from lora_kit.infer.control import load_controlnet, prepare_control_image
 from lora_kit.infer.schedulers import make_scheduler
 from lora_kit.infer.spec import CellParams, ControlRef, LoraRef
-from lora_kit.models.family import SDXL
+from lora_kit.models.family import SDXL, model_native_size
 from lora_kit.precision import runtime_dtype
 
 # (img2img, controlnet) -> diffusers class name; SDXL names get the "XL" infix.
@@ -194,9 +194,7 @@ class LoraPipeline:
         return self.pipe.unet.device
 
     def native_size(self) -> tuple[int, int]:
-        s = self.pipe.unet.config.sample_size
-        f = self.pipe.vae_scale_factor
-        return (s * f, s * f) if isinstance(s, int) else (s[1] * f, s[0] * f)
+        return model_native_size(dict(self.pipe.unet.config), self.pipe.vae_scale_factor)
 
     # ------------------------------------------------------------------ LoRA state
 

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from lora_kit.errors import UserError
+from lora_kit.precision import to_dtype
 
 
 def add_arguments(parser) -> None:
@@ -88,7 +89,7 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
         raise UserError(f"{out} exists; pass --force to replace it")
     if single_file and out.suffix != ".safetensors":
         raise UserError(f"--single-file writes one .safetensors checkpoint; name OUT *.safetensors (got {out.name})")
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    torch_dtype = to_dtype(dtype)
     pipe = _load_pipeline(base, torch.float32)  # fuse in fp32, cast when saving
     family = _family(pipe)
     adapter_names, scales, lycos = [], [], []
