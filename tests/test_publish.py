@@ -437,3 +437,16 @@ def test_publish_refuses_when_a_local_root_survives_scrubbing(tmp_path, monkeypa
     assert main(["publish", str(run), "--civitai", str(tmp_path / "c.zip")]) == 2
     assert not out.exists() and not (tmp_path / "c.zip").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_card_of_a_lycoris_run_does_not_offer_load_lora_weights(tmp_path):
+    """diffusers' load_lora_weights rejects LoHa/LoKr files: the card points to the clients that load them."""
+    run = make_run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["network_args"] = {"algo": "loha"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "hub"
+    assert main(["publish", str(run), "--hub", "me/x", "--dry-run", "--out", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    assert "This is a LyCORIS LOHA file" in text and "load_lora_weights(" not in text
+    assert "<lora:" in text  # the A1111/ComfyUI usage stays

@@ -109,6 +109,12 @@ def _intro(d: Details) -> str:
 
 
 def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) -> str:
+    algo = (run.summary.get("network_args") or {}).get("algo", "lora")
+    if algo in ("loha", "lokr"):
+        # diffusers' load_lora_weights rejects LyCORIS layouts (diffusers #3087, #11943).
+        return "\n".join(["## Use with diffusers", "",
+                          f"This is a LyCORIS {algo.upper()} file: diffusers' `load_lora_weights` does not read it. "
+                          "It loads in AUTOMATIC1111, Forge and ComfyUI (below) and in `lora-kit grid`.", ""])
     base = d.base_model or "<the base model this LoRA was trained on>"
     adapter = re.sub(r"\W+", "_", run.name).strip("_") or "lora"
     prompt = widgets[0].prompt if widgets else ", ".join(d.trigger_words + ["a photo"])

@@ -32,7 +32,8 @@ def train_info(trainer) -> dict:
         "alpha": r.network.alpha,
         "network_dropout": r.network.dropout,
         "network_args": {"target": r.network.target, "use_dora": r.network.use_dora, "init": r.network.init,
-                         "train_text_encoder": r.network.train_text_encoder,
+                         "train_text_encoder": r.network.train_text_encoder, "algo": r.network.algo,
+                         **({"factor": r.network.factor} if r.network.algo == "lokr" else {}),
                          # kohya's own names, which its tools and Civitai read back
                          **({"conv_dim": r.network.conv_rank, "conv_alpha": conv_alpha(r.network)}
                             if r.network.conv_rank else {})},
