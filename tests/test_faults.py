@@ -342,3 +342,31 @@ def test_write_faults_are_recognised_by_errno_and_by_native_messages():
     assert is_write_fault(wrapped) and describe_write_fault(wrapped) == "permission denied"
     assert is_write_fault(RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed"))
     assert not is_write_fault(OSError(errno.ENOENT, "missing")) and not is_write_fault(ValueError("file write failed?"))
+
+
+@pytest.mark.parametrize("where, expect", [
+    ("output", "output_dir: {dir}/run is not writable"),
+    ("cache", "[cache] dir: {dir}/cache is not writable"),
+])
+def test_unwritable_output_or_cache_folder_is_one_line_before_the_model_loads(tmp_path, where, expect):
+    """Root ignores file modes: the child drops the capabilities that bypass them (util-linux setpriv)."""
+    import shutil
+    import subprocess
+    import sys
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    cmd = [sys.executable, "-m", "lora_kit", "train", "tiny-smoke", "log.tensorboard=false",
+           "--output-dir", str((locked if where == "output" else tmp_path) / "run"),
+           f'cache.dir="{(locked if where == "cache" else tmp_path) / "cache"}"']
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without util-linux setpriv: file permissions cannot be tested")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    errors = _error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert expect.replace("{dir}", str(locked)) in errors[0], proc.stderr
+    assert "caching latents" not in proc.stderr  # refused before any model or data work
