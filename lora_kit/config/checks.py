@@ -149,6 +149,10 @@ def check_ranges(r: Recipe) -> None:
     _at_least(r, "[scheduler] num_cycles", r.scheduler.num_cycles, 1)
     _at_least(r, "[dataset] max_images", r.dataset.max_images, 0, "0 (all) or a count >= 1")
     _at_least(r, "[loss] noise_offset", r.loss.noise_offset, 0)
+    if not 0 < r.loss.huber_c <= 1:  # exponential takes log(c); snr blends 1 and c
+        _fail(r, "[loss] huber_c", f"expected a number in (0, 1] such as 0.1, got {r.loss.huber_c}")
+    if r.loss.huber_scale <= 0:
+        _fail(r, "[loss] huber_scale", f"expected a number > 0 such as 1, got {r.loss.huber_scale}")
     _at_least(r, "[validation] every_n_steps", r.validation.every_n_steps, 0, "0 (off) or a number of steps >= 1")
     _at_least(r, "[log] every_n_steps", r.log.every_n_steps, 1, "a number of steps >= 1")
     sm = r.sample

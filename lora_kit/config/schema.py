@@ -139,6 +139,11 @@ class LossConfig:
     min_timestep: int = 0
     max_timestep: int = 1000
     prior_loss_weight: float = 1.0
+    type: Literal["l2", "huber", "smooth_l1"] = "l2"  # kohya loss_type
+    huber_schedule: Literal["constant", "exponential", "snr"] = "snr"  # kohya's default
+    huber_c: float = 0.1
+    huber_scale: float = 1.0
+    masked: bool = False  # weight the loss by the alpha channel / <stem>.mask.png (kohya alpha_mask)
 
 
 @dataclass

@@ -9,8 +9,11 @@ any trainer. Tensors are float32 safetensors, one file per entry, written atomic
 Keys (sha256 of the joined parts, the file name is the key):
 - latents: sha256(image bytes) + bucket + resized size + crop (left, top) + flip + VAE identity;
 - text: encoder identity + caption.
-A changed image, bucket, crop, flip or VAE therefore gets a new key and only those entries are computed
-again; unreadable/corrupt cache files are recomputed (kohya #2362) instead of crashing the run.
+- masks (`[loss] masked`): sha256(image bytes) + sha256(mask file bytes) or "alpha" + bucket + resized size
+  + crop + flip + VAE downscale factor; no VAE identity (a mask is the image's geometry, not the VAE's).
+A changed image, mask, bucket, crop, flip or VAE therefore gets a new key and only those entries are computed
+again; unreadable/corrupt cache files are recomputed (kohya #2362) instead of crashing the run. Masks have
+keys of their own, beside the latents: switching `masked` on or editing a mask never re-encodes a latent.
 
 VAE identity = sha256 of its config and its whole state dict (names, dtypes, shapes, bytes). Hashing every
 weight is exact — a fine-tuned or fp16-fixed VAE never reuses another's latents — and costs about a
@@ -72,6 +75,19 @@ def latent_key(content_sha: str, placement, flip: bool, vae_id: str) -> str:
         vae_id,
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def mask_key(content_sha: str, mask_sha: str, placement, flip: bool, factor: int) -> str:
+    """Key of an image's mask at latent resolution; `mask_sha` is the mask file's sha256 or "alpha"."""
+    p = placement
+    parts = [CACHE_VERSION, "mask", content_sha, mask_sha, f"{p.bucket[0]}x{p.bucket[1]}", f"{p.resized[0]}x{p.resized[1]}",
+             f"{p.crop_left},{p.crop_top}", f"flip={int(bool(flip))}", f"f={factor}"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def vae_downscale(vae) -> int:
+    """Pixels per latent pixel along a side: 2 ** (number of VAE blocks - 1), diffusers' vae_scale_factor."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 class ContentHasher:
@@ -161,6 +177,18 @@ class LatentCache:
     def save(self, key: str, mean: torch.Tensor, std: torch.Tensor) -> None:
         _save_tensors(self.path(key), {"mean": mean, "std": std}, {"vae": self.vae_id[:16], "v": CACHE_VERSION})
 
+    def mask_path(self, key: str) -> Path:
+        return self.directory / "masks" / key[:2] / f"{key}.safetensors"
+
+    def save_mask(self, key: str, mask: torch.Tensor) -> None:
+        _save_tensors(self.mask_path(key), {"mask": mask}, {"v": CACHE_VERSION})
+
+    def load_mask(self, key: str) -> torch.Tensor:
+        tensors = _load_tensors(self.mask_path(key))
+        if tensors is None or "mask" not in tensors:
+            raise UserError(f"mask cache entry {key[:12]} is missing or damaged; run `lora-kit cache` again")
+        return tensors["mask"]
+
     def is_valid(self, key: str) -> bool:
         """Present with a sound header (safetensors checks the data length against it; no tensor read)."""
         if not self.has(key):
@@ -242,6 +270,29 @@ def precompute_latents(
     bar.close()
     computed = len(mine) - len(failed)
     return {"total": len(items), "cached": len(items) - len(missing), "computed": computed, "failed": failed}
+
+
+def precompute_masks(items: Sequence[LatentItem], cache: LatentCache, num_processes: int = 1, process_index: int = 0) -> int:
+    """Write every missing mask entry this process owns (by key, as precompute_latents); `pixels()` of an
+    item returns its (1, h, w) mask at latent resolution. No VAE: masks are only resized. Returns the count."""
+    done = 0
+    for it in {it.key: it for it in items}.values():
+        if int(it.key[:8], 16) % num_processes != process_index or _mask_entry_ok(cache.mask_path(it.key)):
+            continue
+        cache.save_mask(it.key, it.pixels())
+        done += 1
+    return done
+
+
+def _mask_entry_ok(path: Path) -> bool:
+    """Present with a sound header holding `mask` (no tensor read)."""
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "mask" in f.keys()
+    except (OSError, SafetensorError, ValueError):
+        return False
 
 
 def _render_chunk(chunk: list[LatentItem], failed: list[str]) -> tuple[list[LatentItem], list[torch.Tensor]]:

@@ -7,6 +7,11 @@ Every random choice of a sample is a function of (seed, epoch, index) only: capt
 flip, per-epoch random crop (pixel mode) and the latent draw from the cached posterior. So the batches
 of a resumed run, or of any rank, are bit-identical to an uninterrupted run.
 
+Masked loss (`[loss] masked`): each sample also carries `mask`, (1, h, w) in [0, 1], from its
+`<stem>.mask.png` or its alpha channel (all ones without either), placed exactly like the image (same
+resize, crop and flip). Cached: at latent resolution, from the mask cache. Pixel mode: at pixel
+resolution; the loss area-averages it to the latent grid on the device, the same operation the cache uses.
+
 DataLoader workers get a copy of the dataset when an epoch's iterator is created: call `set_epoch`
 before `iter(loader)` and keep `persistent_workers=False` (the default), or the workers keep the old epoch.
 """
@@ -29,7 +34,10 @@ from lora_kit.config.schema import Recipe
 from lora_kit.data.buckets import (
     Placement, apply_placement, assign, bucket_histogram, buckets_for, crop_offsets, mean_aspect_error, warn_small_images,
 )
-from lora_kit.data.cache import LatentCache, LatentItem, latent_key, module_identity, precompute_latents, sample_latents, scale_latents
+from lora_kit.data.cache import (
+    LatentCache, LatentItem, latent_key, mask_key, module_identity, precompute_latents, precompute_masks, sample_latents,
+    scale_latents, vae_downscale,
+)
 from lora_kit.data.captions import CaptionTransform, base_caption, caption_rng
 from lora_kit.data.sources import ImageRecord, ScanResult, folder_summary, scan_dataset
 from lora_kit.data.tags import tag_frequency
@@ -43,6 +51,8 @@ class Sample:
     record: ImageRecord
     placement: Placement
     latent_keys: Optional[tuple[str, Optional[str]]] = None
+    mask_source: Optional[str] = None  # "file", "alpha" or None (a full mask); set when [loss] masked
+    mask_keys: Optional[tuple[str, Optional[str]]] = None  # mask cache keys (unflipped, flipped)
 
 
 def _sub_rng(kind: str, seed: int, epoch: int, index: int) -> random.Random:
@@ -65,6 +75,32 @@ def render_pixels(record: ImageRecord, placement: Placement, flip: bool, crop=No
     return image_to_tensor(apply_placement(record.load(verify=verify), placement, flip, crop))
 
 
+def mask_to_tensor(mask) -> torch.Tensor:
+    """"L" PIL mask -> (1, H, W) float32 in [0, 1] (255 = train)."""
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]
+
+
+def render_with_mask(record: ImageRecord, placement: Placement, flip: bool, crop=None, verify: bool = False):
+    """(pixels (3, H, W), mask (1, H, W)) from one decode, the mask placed exactly like the image."""
+    image, mask = record.load_with_mask(verify=verify)
+    pixels = image_to_tensor(apply_placement(image, placement, flip, crop))
+    if mask is None:
+        return pixels, torch.ones((1, *pixels.shape[1:]))
+    return pixels, mask_to_tensor(apply_placement(mask, placement, flip, crop))
+
+
+def render_latent_mask(record: ImageRecord, placement: Placement, flip: bool, factor: int) -> torch.Tensor:
+    """(1, H/factor, W/factor): the placed mask area-averaged onto the latent grid (what the cache stores)."""
+    try:
+        _, mask = render_with_mask(record, placement, flip)
+    except UserError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
+        raise UserError(f"cannot read the mask of {record.name}: {type(exc).__name__}: {exc}") from None
+    size = (mask.shape[1] // factor, mask.shape[2] // factor)
+    return torch.nn.functional.interpolate(mask[None], size=size, mode="area")[0]
+
+
 class LoraDataset(Dataset):
     """`dataset[i]` -> dict(latents | pixel_values, caption, original_size, crop_top_left, target_size,
     is_reg, index); sizes as (h, w) / (top, left), the order SDXL's add_time_ids uses."""
@@ -80,6 +116,7 @@ class LoraDataset(Dataset):
         vae_id: str = "",
         vae_scaling: Optional[dict] = None,
         use_repeats: bool = True,
+        masked: bool = False,
     ):
         self.samples = samples
         self.transform = transform
@@ -88,6 +125,7 @@ class LoraDataset(Dataset):
         self.random_crop = random_crop
         self.latent_dir, self.vae_id = latent_dir, vae_id
         self.vae_scaling = vae_scaling or {}
+        self.masked = masked
         self.index = [i for i, s in enumerate(samples) for _ in range(s.record.repeats if use_repeats else 1)]
         self.epoch = 0
 
@@ -116,10 +154,17 @@ class LoraDataset(Dataset):
         out: dict[str, Any] = {}
         if self.cached:
             out["latents"] = self._latents(sample, flip, index)
+            if self.masked:
+                out["mask"] = self._mask(sample, flip, tuple(out["latents"].shape[-2:]))
         else:
             if self.random_crop:
                 left, top = crop_offsets(pl.resized, pl.bucket, _sub_rng("crop", self.seed, self.epoch, index))
-            out["pixel_values"] = render_pixels(rec, pl, flip, (left, top))
+            if self.masked and sample.mask_source:
+                out["pixel_values"], out["mask"] = render_with_mask(rec, pl, flip, (left, top))
+            else:
+                out["pixel_values"] = render_pixels(rec, pl, flip, (left, top))
+                if self.masked:
+                    out["mask"] = torch.ones((1, *out["pixel_values"].shape[1:]))
         if flip:
             left = pl.resized[0] - pl.bucket[0] - left  # the crop as measured on the mirrored image
         out.update(
@@ -138,11 +183,16 @@ class LoraDataset(Dataset):
         gen = torch.Generator().manual_seed(_torch_seed(self.seed, self.epoch, index))
         return scale_latents(sample_latents(tensors["mean"], tensors["std"], gen), self.vae_scaling)
 
+    def _mask(self, sample: Sample, flip: bool, size: tuple[int, int]) -> torch.Tensor:
+        if sample.mask_keys is None:
+            return torch.ones((1, *size))
+        return self._cache.load_mask(sample.mask_keys[1] if flip else sample.mask_keys[0])
+
 
 def collate(batch: list[dict]) -> dict[str, Any]:
     """Stack a batch from one bucket: tensors stacked, sizes as (B, 2) long tensors, captions a list."""
     out: dict[str, Any] = {}
-    for key in ("latents", "pixel_values"):
+    for key in ("latents", "pixel_values", "mask"):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])
     for key in ("original_size", "crop_top_left", "target_size"):
@@ -239,12 +289,37 @@ def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_
     if process_index == 0:
         cache.hasher.save()
     result = precompute_latents(items, vae, cache, recipe.cache.vae_batch_size, device, dtype, num_processes, process_index)
+    if recipe.loss.masked:
+        result["masks_computed"] = _attach_masks(samples, recipe.dataset.flip_aug, vae_downscale(vae), cache, num_processes, process_index)
     if barrier is not None:
         barrier()
     # After the barrier every process sees the same files: an entry still missing failed to decode on
     # whichever process owned it, and every process drops that image alike.
     result["failed"] = [it.key for it in items if not cache.has(it.key)]
     return directory, vae_id, result
+
+
+def _attach_masks(samples, flip_aug: bool, factor: int, cache: LatentCache, num_processes: int, process_index: int) -> int:
+    """Mask cache keys for the samples that have a mask (the others train with a full mask, made at load
+    time), and this process' share of the missing entries. Returns how many entries it computed."""
+    items = []
+    for s in samples:
+        if not s.mask_source:
+            continue
+        sha = cache.hasher.sha(s.record)  # memoised: the latent keys hashed it already
+        mask_sha = hashlib.sha256(s.record.mask_file().read_bytes()).hexdigest() if s.mask_source == "file" else "alpha"
+        flips = (False, True) if flip_aug else (False,)
+        keys = [mask_key(sha, mask_sha, s.placement, f, factor) for f in flips]
+        s.mask_keys = (keys[0], keys[1] if len(keys) > 1 else None)
+        items += [LatentItem(k, functools.partial(render_latent_mask, s.record, s.placement, f, factor), s.placement.bucket)
+                  for f, k in zip(flips, keys)]
+    return precompute_masks(items, cache, num_processes, process_index)
+
+
+def _mask_counts(samples: list[Sample]) -> dict[str, int]:
+    """How many images train with a mask file, an alpha mask, or a full mask (none)."""
+    kinds = [s.mask_source or "none" for s in samples]
+    return {k: kinds.count(k) for k in ("file", "alpha", "none")}
 
 
 def build_train_data(
@@ -273,6 +348,9 @@ def build_train_data(
     samples = [Sample(r, p) for r, p in zip(records, place(records, recipe))]
     warn_small_images([s.record.name for s in samples], [s.placement for s in samples], recipe.buckets)
     val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, _without_random_crop(recipe)))]
+    if recipe.loss.masked:
+        for s in samples + val_samples:
+            s.mask_source = s.record.mask_source()
 
     latent_dir, vae_id, scaling, cache_result, dropped = None, "", None, None, []
     if cache and recipe.cache.latents and vae is not None:
@@ -289,13 +367,15 @@ def build_train_data(
         scaling = {"scaling_factor": vae.config.scaling_factor, "shift_factor": getattr(vae.config, "shift_factor", None)}
 
     transform = CaptionTransform(ds_cfg)
-    common = dict(seed=recipe.seed, latent_dir=latent_dir, vae_id=vae_id, vae_scaling=scaling)
+    common = dict(seed=recipe.seed, latent_dir=latent_dir, vae_id=vae_id, vae_scaling=scaling, masked=recipe.loss.masked)
     dataset = LoraDataset(samples, transform, flip_aug=ds_cfg.flip_aug, random_crop=recipe.buckets.random_crop, **common)
     validation = LoraDataset(val_samples, CaptionTransform(ds_cfg, augment=False), use_repeats=False, **common) if val_samples else None
 
     buckets = sorted({s.placement.bucket for s in samples + val_samples})
     bucket_id = {b: i for i, b in enumerate(buckets)}
     stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, ds_cfg.tag_separator, dropped)
+    if recipe.loss.masked:
+        stats["masks"] = _mask_counts(samples)
     return TrainData(
         dataset=dataset,
         bucket_ids=[bucket_id[dataset.bucket_of(i)] for i in range(len(dataset))],

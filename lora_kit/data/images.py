@@ -135,11 +135,51 @@ def png_shortfall(data: bytes) -> str | None:
     return None
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """Whether the image carries transparency (an alpha channel, or a palette/greyscale transparency key)."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def alpha_of(im: Image.Image) -> Image.Image | None:
+    """The transparency as an 8-bit "L" image (255 = opaque), or None when the image has none."""
+    if not has_alpha(im):
+        return None
+    return im.convert("RGBA").getchannel("A")
+
+
+def mask_from(im: Image.Image) -> Image.Image:
+    """A mask file as an 8-bit "L" image, EXIF-rotated: white trains, black is ignored. A mask saved with
+    an alpha channel is read through it (transparent = black), greyscale or colour by luminance."""
+    im = ImageOps.exif_transpose(im)
+    if has_alpha(im):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("L")
+    return im if im.mode == "L" else to_rgb(im).convert("L")  # to_rgb scales 16-bit masks instead of clipping
+
+
+def load_mask_file(path: str | os.PathLike) -> Image.Image:
+    """Decode a `<stem>.mask.png` (see `mask_from`). Raises OSError/ValueError if unreadable."""
+    with Image.open(path) as im:
+        im.load()
+        return mask_from(im)
+
+
 def load_image(path: str | os.PathLike | io.BytesIO, verify: bool = False) -> Image.Image:
     """Decode fully: EXIF orientation applied, converted to RGB. Raises OSError/ValueError if unreadable.
 
     `verify` also checks that a PNG's pixel data is as long as its header says (`png_shortfall`); the
     scan or the latent cache does it once per image, so training loads skip the second inflate."""
+    return _decode(path, verify, want_alpha=False)[0]
+
+
+def load_image_and_alpha(path: str | os.PathLike | io.BytesIO, verify: bool = False) -> tuple[Image.Image, Image.Image | None]:
+    """`load_image` plus the image's transparency as "L" (None when it has none), from one decode:
+    the alpha channel is a masked-loss mask (kohya `alpha_mask`)."""
+    return _decode(path, verify, want_alpha=True)
+
+
+def _decode(path, verify: bool, want_alpha: bool) -> tuple[Image.Image, Image.Image | None]:
     if verify:
         if isinstance(path, io.BytesIO):
             data = path.getvalue()
@@ -152,7 +192,7 @@ def load_image(path: str | os.PathLike | io.BytesIO, verify: bool = False) -> Im
     with Image.open(path) as im:
         im.load()  # force the decode here so truncated files fail now, not later in a worker
         im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
+        return to_rgb(im), alpha_of(im) if want_alpha else None
 
 
 def try_load_image(path: str | os.PathLike, skips: SkipCounter, verify: bool = True) -> Image.Image | None:

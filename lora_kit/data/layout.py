@@ -11,6 +11,8 @@ What the captioner writes is what the trainer reads, so both go through this mod
   folders of their top-level folder (kohya's recursive subsets). Images in the root itself, or in
   subfolders not named `N_name`, use the root's own `N_name` when the root is named so, else the
   recipe's `repeats` / `class_tokens`. A `0_name` folder is not used (one warning).
+- **Mask files**: `<stem>.mask.png` beside an image is that image's loss mask (`[loss] masked`), never an
+  image of its own: `is_image_file` is false for it, so training, `buckets` and `caption` all skip it.
 - **Caption sidecars**: `<stem><caption_extension>` beside the image, else the other of `.txt` /
   `.caption`. The caption is the **first non-empty line**, stripped (kohya reads one line; more lines
   are kept in the file but not used). An empty file counts as no caption.
@@ -36,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from PIL import Image
+
 from lora_kit.data import hfdisk
-from lora_kit.data.images import load_image
+from lora_kit.data.images import has_alpha, image_size, load_image, load_image_and_alpha, load_mask_file
 from lora_kit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,8 +52,21 @@ METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 FOLDER_PATTERN = re.compile(r"^(\d+)_(.*)$")  # kohya "10_sks dog": 10 repeats, class tokens "sks dog"
 
 
+MASK_SUFFIX = ".mask.png"  # <stem>.mask.png: the loss mask of <stem>.<ext> (white = train, black = ignore)
+
+
+def is_mask_file(name: str | os.PathLike) -> bool:
+    return str(name).lower().endswith(MASK_SUFFIX)
+
+
 def is_image_file(name: str | os.PathLike) -> bool:
-    return str(name).lower().endswith(IMAGE_EXTENSIONS)
+    return str(name).lower().endswith(IMAGE_EXTENSIONS) and not is_mask_file(name)
+
+
+def mask_path(image: str | os.PathLike) -> Path:
+    """Where an image's mask file would be: `<stem>.mask.png` in the image's folder."""
+    p = Path(image)
+    return p.with_name(p.stem + MASK_SUFFIX)
 
 
 def is_hidden(name: str) -> bool:
@@ -119,6 +136,44 @@ class ImageRecord:
         if self.row is None:
             return load_image(self.path, verify=verify)
         return load_image(io.BytesIO(self.read_bytes()), verify=verify)
+
+    def mask_file(self) -> Optional[Path]:
+        """The `<stem>.mask.png` beside this image when one exists (dataset rows have none)."""
+        if self.row is not None:
+            return None
+        p = mask_path(self.path)
+        return p if p.is_file() else None
+
+    def mask_source(self) -> Optional[str]:
+        """"file" (a `<stem>.mask.png`), "alpha" (the image has transparency; header only) or None.
+        A mask file must have the image's size as displayed (one line naming both otherwise)."""
+        mfile = self.mask_file()
+        if mfile is not None:
+            try:
+                msize = image_size(mfile)
+            except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
+                raise UserError(f"cannot read mask {mfile.name}: {exc}") from None
+            if self.size is not None and tuple(msize) != tuple(self.size):
+                raise UserError(f"mask {mfile.name} is {msize[0]}x{msize[1]} but its image {self.name} is "
+                                f"{self.size[0]}x{self.size[1]}: a mask must have its image's size")
+            return "file"
+        src = self.path if self.row is None else io.BytesIO(self.read_bytes())
+        with Image.open(src) as im:
+            return "alpha" if has_alpha(im) else None
+
+    def load_with_mask(self, verify: bool = False):
+        """(RGB image, "L" mask or None): the mask file when there is one, else the image's alpha channel,
+        else None (a full mask). A mask file must have the image's size (as displayed)."""
+        src = self.path if self.row is None else io.BytesIO(self.read_bytes())
+        image, alpha = load_image_and_alpha(src, verify=verify)
+        mfile = self.mask_file()
+        if mfile is None:
+            return image, alpha
+        mask = load_mask_file(mfile)
+        if mask.size != image.size:
+            raise UserError(f"mask {mfile.name} is {mask.size[0]}x{mask.size[1]} but its image {self.name} is "
+                            f"{image.size[0]}x{image.size[1]}: a mask must have its image's size")
+        return image, mask
 
 
 # ---------------------------------------------------------------------------------------------- text files

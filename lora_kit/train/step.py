@@ -13,10 +13,11 @@ loop reads the loss at its log interval only. tests/test_step_trace.py checks bo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from lora_kit.config.schema import LossConfig
 from lora_kit.models.text import encode_prompts, sdxl_time_ids
 from lora_kit.train.loss import add_noise, diffusion_loss, sample_noise, sample_timesteps, target_for
 
@@ -44,6 +45,7 @@ class StepContext:
     max_timestep: int = 1000
     min_snr_gamma: float = 0.0
     prior_loss_weight: float = 1.0
+    loss: LossConfig = field(default_factory=LossConfig)  # [loss] type / huber_* (the recipe's LossConfig)
 
 
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -106,10 +108,12 @@ def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torc
     cond = batch_conditioning(ctx, batch)
     pred = ctx.unet(noisy, t, **unet_kwargs(ctx, batch, cond)).sample
     target = target_for(ctx.prediction_type, latents, noise, t, ctx.alphas_cumprod)
-    is_reg = batch.get("is_reg")
+    is_reg, mask, lc = batch.get("is_reg"), batch.get("mask"), ctx.loss
     loss = diffusion_loss(
         pred, target, t, ctx.alphas_cumprod,
         prediction_type=ctx.prediction_type, min_snr_gamma=ctx.min_snr_gamma,
         is_reg=None if is_reg is None else to_device(is_reg, ctx.device), prior_loss_weight=ctx.prior_loss_weight,
+        loss_type=lc.type, huber_schedule=lc.huber_schedule, huber_c=lc.huber_c, huber_scale=lc.huber_scale,
+        mask=None if mask is None else to_device(mask, ctx.device, torch.float32),  # [loss] masked: one copy per batch
     )
     return loss, {"timesteps": t, "batch_size": len(indices)}
