@@ -153,3 +153,50 @@ def test_masked_run_resumes_exactly(tmp_path):
     run_training(plain, [o for o in over if o != "loss.masked=true"])
     c = load_file(str(plain / "pytorch_lora_weights.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def _trace_masked_step(tmp_path, base: Path, batch_size: int, cached: bool):
+    """Ops of one masked Huber step (bf16 as tests/test_step_trace.py), plus the step's loss under l2 and
+    under huber on that same batch. `cached`: latents and masks from the cache, else pixels."""
+    import dataclasses
+
+    from test_step_trace import OpRecorder
+
+    from lora_kit.train.recipe import LoraTrainer
+    from lora_kit.train.step import forward_loss
+    from train_utils import reset_accelerate
+
+    reset_accelerate()
+    r = load_recipe("tiny-smoke", [
+        f'output_dir="{tmp_path / f"b{batch_size}"}"', f"train.batch_size={batch_size}", "train.max_steps=3",
+        'train.mixed_precision="bf16"', "log.tensorboard=false", "save.every_n_steps=0", "dataset.caption_dropout=0.0",
+        f'dataset.path="{base / "data"}"', "loss.masked=true", 'loss.type="huber"', "buckets.max_bucket_reso=64",
+        f"cache.latents={str(cached).lower()}",
+    ])
+    t = LoraTrainer(r)
+    t.setup()
+    t.ctx = dataclasses.replace(t.ctx, loss=r.loss)  # whether or not the trainer passes [loss] on itself
+    batches = t.data.batches(0)
+    t.step(next(batches))  # the first step creates the optimizer state
+    batch = next(batches)
+    assert len(batch["index"]) == batch_size and batch["mask"].shape[0] == batch_size
+    with OpRecorder() as rec:
+        t.step(batch)
+    with torch.no_grad():
+        huber = float(forward_loss(t.ctx, batch, 7)[0])
+        l2 = float(forward_loss(dataclasses.replace(t.ctx, loss=LossConfig()), batch, 7)[0])
+    t.cleanup()
+    return rec.ops, huber, l2
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_masked_huber_step_copies_once_and_reads_nothing_back(tmp_path, cached):
+    """tests/test_step_trace.py's two properties hold with a mask and a Huber loss in the step."""
+    base = _dataset(tmp_path / "d")
+    (base / "data" / "1_star").rename(base / "data" / "4_star")  # 4 repeats: batches of 4 from one bucket
+    traces = {b: _trace_masked_step(tmp_path, base, b, cached) for b in (2, 4)}
+    for b, (ops, huber, l2) in traces.items():
+        assert ops["_local_scalar_dense"] == 0, f"batch {b}: scalar reads in the step"
+        assert huber != l2 and huber > 0
+    copies = [{k: traces[b][0][k] for k in ("_to_copy", "copy_")} for b in (2, 4)]
+    assert copies[0] == copies[1]
