@@ -122,6 +122,21 @@ def test_cached_masks_are_latent_sized_and_keyed_by_the_mask(tmp_path, vae):
     torch.testing.assert_close(new, 1 - old, atol=1.5 / 255, rtol=0)  # 8-bit resampling rounds
 
 
+def test_undecodable_masked_image_is_dropped_like_any_other(tmp_path, vae):
+    """Damage only a decode sees (corrupt IDAT) in the image with a mask file: skipped, not fatal."""
+    base = _dataset(tmp_path)
+    path = base / "data" / "1_star" / "a.png"
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"IDAT") + 20
+    for k in range(start, start + 200):
+        raw[k] ^= 0x55
+    path.write_bytes(bytes(raw))
+    data = build_train_data(_recipe(base), vae=vae)
+    assert data.stats["skipped_files"] == {"a.png": "could not be decoded while caching latents"}
+    assert data.stats["latent_cache"]["masks_computed"] == 1  # b's alpha mask only
+    assert sorted(s.record.name for s in data.dataset.samples) == ["b.png", "c.png"]
+
+
 def test_mask_of_another_size_is_one_line(tmp_path):
     base = _dataset(tmp_path)
     Image.fromarray(_blob((48, 32), 3)).save(base / "data" / "1_star" / "a.mask.png")

@@ -272,14 +272,27 @@ def precompute_latents(
     return {"total": len(items), "cached": len(items) - len(missing), "computed": computed, "failed": failed}
 
 
-def precompute_masks(items: Sequence[LatentItem], cache: LatentCache, num_processes: int = 1, process_index: int = 0) -> int:
-    """Write every missing mask entry this process owns (by key, as precompute_latents); `pixels()` of an
-    item returns its (1, h, w) mask at latent resolution. No VAE: masks are only resized. Returns the count."""
+@dataclass
+class MaskItem:
+    """One mask to have in the cache: its key, the key of its image's latents (same image, placement and
+    flip), and a function returning the (1, h, w) mask at latent resolution."""
+
+    key: str
+    latent_key: str
+    render: Callable[[], torch.Tensor]
+
+
+def precompute_masks(items: Sequence[MaskItem], cache: LatentCache, num_processes: int = 1, process_index: int = 0) -> int:
+    """Write the missing mask entries of the latents this process owns (precompute_latents' split, so their
+    latents are already written): an image whose latents failed to decode is skipped (the trainer drops it)
+    rather than stopping the run. No VAE: masks are only resized. Returns how many entries were written."""
     done = 0
     for it in {it.key: it for it in items}.values():
-        if int(it.key[:8], 16) % num_processes != process_index or _mask_entry_ok(cache.mask_path(it.key)):
+        if int(it.latent_key[:8], 16) % num_processes != process_index or _mask_entry_ok(cache.mask_path(it.key)):
             continue
-        cache.save_mask(it.key, it.pixels())
+        if not cache.has(it.latent_key):
+            continue
+        cache.save_mask(it.key, it.render())
         done += 1
     return done
 

@@ -35,7 +35,7 @@ from lora_kit.data.buckets import (
     Placement, apply_placement, assign, bucket_histogram, buckets_for, crop_offsets, mean_aspect_error, warn_small_images,
 )
 from lora_kit.data.cache import (
-    LatentCache, LatentItem, latent_key, mask_key, module_identity, precompute_latents, precompute_masks, sample_latents,
+    LatentCache, LatentItem, MaskItem, latent_key, mask_key, module_identity, precompute_latents, precompute_masks, sample_latents,
     scale_latents, vae_downscale,
 )
 from lora_kit.data.captions import CaptionTransform, base_caption, caption_rng
@@ -311,8 +311,8 @@ def _attach_masks(samples, flip_aug: bool, factor: int, cache: LatentCache, num_
         flips = (False, True) if flip_aug else (False,)
         keys = [mask_key(sha, mask_sha, s.placement, f, factor) for f in flips]
         s.mask_keys = (keys[0], keys[1] if len(keys) > 1 else None)
-        items += [LatentItem(k, functools.partial(render_latent_mask, s.record, s.placement, f, factor), s.placement.bucket)
-                  for f, k in zip(flips, keys)]
+        items += [MaskItem(k, lk, functools.partial(render_latent_mask, s.record, s.placement, f, factor))
+                  for f, k, lk in zip(flips, keys, s.latent_keys)]
     return precompute_masks(items, cache, num_processes, process_index)
 
 
