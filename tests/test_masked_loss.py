@@ -142,6 +142,9 @@ def test_mask_of_another_size_is_one_line(tmp_path):
     Image.fromarray(_blob((48, 32), 3)).save(base / "data" / "1_star" / "a.mask.png")
     with pytest.raises(UserError, match=r"mask a\.mask\.png is 48x32 but its image a\.png is 96x64"):
         build_train_data(_recipe(base), cache=False)
+    (base / "data" / "1_star" / "a.mask.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(UserError, match=r"cannot read mask a\.mask\.png"):
+        build_train_data(_recipe(base), cache=False)
 
 
 @pytest.mark.parametrize("override,key", [("loss.huber_c=0", "huber_c"), ("loss.huber_scale=-1", "huber_scale"),

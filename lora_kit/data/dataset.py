@@ -350,7 +350,7 @@ def build_train_data(
     val_samples = [Sample(r, p) for r, p in zip(val_records, place(val_records, _without_random_crop(recipe)))]
     if recipe.loss.masked:
         for s in samples + val_samples:
-            s.mask_source = s.record.mask_source()
+            s.mask_source = s.record.mask_source(decode=decode)
 
     latent_dir, vae_id, scaling, cache_result, dropped = None, "", None, None, []
     if cache and recipe.cache.latents and vae is not None:

@@ -144,13 +144,14 @@ class ImageRecord:
         p = mask_path(self.path)
         return p if p.is_file() else None
 
-    def mask_source(self) -> Optional[str]:
+    def mask_source(self, decode: bool = False) -> Optional[str]:
         """"file" (a `<stem>.mask.png`), "alpha" (the image has transparency; header only) or None.
-        A mask file must have the image's size as displayed (one line naming both otherwise)."""
+        A mask file must have the image's size as displayed (one line naming both otherwise); `decode`
+        also decodes it fully now (pixel mode, where a damaged mask would otherwise fail mid-run)."""
         mfile = self.mask_file()
         if mfile is not None:
             try:
-                msize = image_size(mfile)
+                msize = load_mask_file(mfile).size if decode else image_size(mfile)
             except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
                 raise UserError(f"cannot read mask {mfile.name}: {exc}") from None
             if self.size is not None and tuple(msize) != tuple(self.size):
