@@ -92,13 +92,12 @@ def render_with_mask(record: ImageRecord, placement: Placement, flip: bool, crop
 def render_latent_mask(record: ImageRecord, placement: Placement, flip: bool, factor: int) -> torch.Tensor:
     """(1, H/factor, W/factor): the placed mask area-averaged onto the latent grid (what the cache stores)."""
     try:
-        _, mask = render_with_mask(record, placement, flip)
-    except UserError:
-        raise
+        pil = record.load_mask()
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
         raise UserError(f"cannot read the mask of {record.name}: {type(exc).__name__}: {exc}") from None
-    size = (mask.shape[1] // factor, mask.shape[2] // factor)
-    return torch.nn.functional.interpolate(mask[None], size=size, mode="area")[0]
+    bw, bh = placement.bucket
+    mask = torch.ones((1, bh, bw)) if pil is None else mask_to_tensor(apply_placement(pil, placement, flip))
+    return torch.nn.functional.interpolate(mask[None], size=(bh // factor, bw // factor), mode="area")[0]
 
 
 class LoraDataset(Dataset):

@@ -162,6 +162,13 @@ class ImageRecord:
         with Image.open(src) as im:
             return "alpha" if has_alpha(im) else None
 
+    def load_mask(self):
+        """The "L" mask alone: the mask file (no image decode) or the image's alpha, or None."""
+        mfile = self.mask_file()
+        if mfile is not None:
+            return load_mask_file(mfile)
+        return load_image_and_alpha(self.path if self.row is None else io.BytesIO(self.read_bytes()))[1]
+
     def load_with_mask(self, verify: bool = False):
         """(RGB image, "L" mask or None): the mask file when there is one, else the image's alpha channel,
         else None (a full mask). A mask file must have the image's size (as displayed)."""
