@@ -377,8 +377,9 @@ def test_cells_without_parameters_get_them_from_the_manifest(run_dir, tmp_path):
 def test_civitai_base_model_vocabulary(family, base, expected):
     from lora_kit.publish.rundir import Run
     from lora_kit.publish.settings import civitai_base_model
+    from lora_kit.summary import RunSummary
 
-    run = Run(Path("."), {"family": family, "base_model": base}, {}, Path("x.safetensors"), None, None)
+    run = Run(Path("."), RunSummary(family=family, base_model=base), None, Path("x.safetensors"), None, None)
     assert civitai_base_model(run) == expected
 
 

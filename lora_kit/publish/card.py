@@ -109,7 +109,7 @@ def _intro(d: Details) -> str:
 
 
 def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) -> str:
-    algo = (run.summary.get("network_args") or {}).get("algo", "lora")
+    algo = run.summary.network_args.get("algo", "lora")
     if algo in ("loha", "lokr"):
         # diffusers' load_lora_weights rejects LyCORIS layouts (diffusers #3087, #11943).
         return "\n".join(["## Use with diffusers", "",

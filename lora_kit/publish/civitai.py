@@ -79,7 +79,7 @@ def _image_meta(cell: SampleImage, parameters: str) -> dict:
 def sidecar_json(run: Run, details: Details, size: int, hashes: dict, images: list) -> dict:
     from lora_kit import __version__
 
-    precision = run.recipe.get("save", {}).get("precision", "fp16")
+    precision = run.recipe.save.precision if run.recipe else "fp16"
     return {
         "name": details.title,
         "type": "LORA",
@@ -129,7 +129,7 @@ def upload_guide(run: Run, details: Details, hashes: dict) -> str:
 
 def _zip_time(run: Run) -> tuple:
     # Fixed timestamps (the end of training) make the zip reproducible for the same run.
-    ts = run.summary.get("training_finished_at")
+    ts = run.summary.training_finished_at
     try:
         when = datetime.datetime.fromtimestamp(float(ts), datetime.timezone.utc)
     except (TypeError, ValueError, OverflowError, OSError):

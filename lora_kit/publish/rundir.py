@@ -13,9 +13,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_kit.config.load import recipe_from_dict
+from lora_kit.config.schema import Recipe
 from lora_kit.errors import UserError
+from lora_kit.summary import FILE as SUMMARY_FILE, RunSummary
 
-SUMMARY_FILE = "summary.json"
 RECIPE_FILE = "recipe.toml"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -43,39 +45,37 @@ class Samples:
 @dataclass
 class Run:
     root: Path
-    summary: dict
-    recipe: dict
+    summary: RunSummary
+    recipe: Recipe | None  # the run's resolved recipe.toml, loaded and checked like any recipe
     kohya_file: Path
     diffusers_file: Path | None
     samples: Samples | None
 
     @property
     def name(self) -> str:
-        return str(self.summary.get("output_name") or self.kohya_file.stem)
+        return self.summary.output_name or self.kohya_file.stem
 
     @property
     def family(self) -> str:
-        return str(self.summary.get("family") or "sd1")
+        return self.summary.family or "sd1"
 
     @property
     def base_model(self) -> str:
-        return str(self.summary.get("base_model") or self.recipe.get("model", {}).get("pretrained") or "")
+        return self.summary.base_model or (self.recipe.model.pretrained if self.recipe else "")
 
     @property
     def trigger_words(self) -> list[str]:
-        words = self.summary.get("trigger_words")
-        if words is None:
-            words = [self.recipe.get("dataset", {}).get("trigger_word", "")]
+        words = self.summary.trigger_words or ([self.recipe.dataset.trigger_word] if self.recipe else [])
         return [str(w) for w in words if str(w).strip()]
 
     def save_field(self, key: str) -> str:
         """title/author/description/license: summary first (what training used), then the recipe's [save]."""
-        value = self.summary.get(key) or self.recipe.get("save", {}).get(key) or ""
-        return str(value)
+        value = getattr(self.summary, key) or (getattr(self.recipe.save, key) if self.recipe else "")
+        return str(value or "")
 
     @property
     def tags(self) -> list[str]:
-        return [str(t) for t in (self.summary.get("tags") or self.recipe.get("save", {}).get("tags") or [])]
+        return [str(t) for t in (self.summary.tags or (self.recipe.save.tags if self.recipe else []))]
 
 
 def load_run(path: str | Path) -> Run:
@@ -85,13 +85,10 @@ def load_run(path: str | Path) -> Run:
     summary_path = root / SUMMARY_FILE
     if not summary_path.is_file():
         raise UserError(f"{path}: not a lora-kit run folder (no {SUMMARY_FILE}; has training finished?)")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{summary_path.name}: not valid JSON ({exc})") from exc
+    summary = RunSummary.read(summary_path)
     recipe = _read_recipe(root / RECIPE_FILE)
-    files = summary.get("files") or {}
-    name = summary.get("output_name") or recipe.get("name") or "lora"
+    files = summary.files
+    name = summary.output_name or (recipe.name if recipe else "lora")
     kohya = root / str(files.get("kohya") or f"{name}.safetensors")
     if not kohya.is_file():
         raise UserError(f"{path}: the kohya-format LoRA {kohya.name} is missing")
@@ -99,13 +96,15 @@ def load_run(path: str | Path) -> Run:
     return Run(root, summary, recipe, kohya, diffusers if diffusers.is_file() else None, find_samples(root))
 
 
-def _read_recipe(path: Path) -> dict:
+def _read_recipe(path: Path) -> Recipe | None:
+    """The run's resolved recipe through the recipe loader (types, defaults, checks); None without one."""
     if not path.is_file():
-        return {}
+        return None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path.name}: not valid TOML ({exc})") from exc
+    return recipe_from_dict(data, path.name)
 
 
 # ------------------------------------------------------------------------------------------- samples

@@ -26,7 +26,7 @@ def recommended_weight(run: Run, override: float | None = None) -> float:
         return float(override)
     weights = {c.weight for c in (run.samples.cells if run.samples else []) if c.weight}
     if not weights:
-        weights = {float(w) for w in run.recipe.get("sample", {}).get("weights", []) if float(w)}
+        weights = {float(w) for w in (run.recipe.sample.weights if run.recipe else []) if float(w)}
     if not weights or 1.0 in weights:
         return 1.0
     return max(weights)
@@ -40,8 +40,8 @@ def fmt(value) -> str:
     return str(value)
 
 
-def _duration(summary: dict) -> str | None:
-    start, end = summary.get("training_started_at"), summary.get("training_finished_at")
+def _duration(summary) -> str | None:
+    start, end = summary.training_started_at, summary.training_finished_at
     try:
         seconds = float(end) - float(start)
     except (TypeError, ValueError):
@@ -67,11 +67,11 @@ def training_settings(run: Run, details: "Details | None" = None) -> list[tuple[
     base = details.base_label if details else base_model_label(run)
     rows = [("Base model", base), ("Model family", FAMILY_NAMES.get(run.family, run.family))]
     for label, key in _ROWS:
-        value = s.get(key)
+        value = getattr(s, key)
         if value is None or value == "" or (key in ("num_reg_images", "text_encoder_lr") and not value):
             continue
         rows.append((label, fmt(value)))
-    args = s.get("network_args") or {}
+    args = s.network_args
     if args.get("train_text_encoder") is not None:
         rows.append(("Text encoder trained", "yes" if args["train_text_encoder"] else "no"))
     if args.get("use_dora"):
@@ -84,7 +84,7 @@ def training_settings(run: Run, details: "Details | None" = None) -> list[tuple[
 
 def top_tags(run: Run, n: int = 12) -> list[tuple[str, int]]:
     """Most frequent caption tags over all dataset folders (kohya's ss_tag_frequency is per folder)."""
-    freq = run.summary.get("tag_frequency") or {}
+    freq = run.summary.tag_frequency
     counts: dict[str, int] = {}
     for key, value in freq.items():
         if isinstance(value, dict):

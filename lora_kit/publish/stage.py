@@ -81,11 +81,11 @@ def retarget_parameters(text: str, name: str, short_hash: str) -> str:
 def private_roots(run: Run, *more: str | Path) -> list[str]:
     """Absolute paths the run knows about (run folder, dataset folders, a local base model, outputs)."""
     found = [str(run.root.resolve()), *(str(m) for m in more)]
-    candidates = list((run.summary.get("dataset_dirs") or {}).keys())
-    candidates += [run.summary.get("base_model"), *(run.summary.get("dataset_paths") or [])]
-    model, data = run.recipe.get("model", {}), run.recipe.get("dataset", {})
-    candidates += [model.get("pretrained"), model.get("vae"), data.get("path"), data.get("reg_path"),
-                   run.recipe.get("output_dir"), run.recipe.get("sample", {}).get("control_image")]
+    candidates = [*run.summary.dataset_dirs, run.summary.base_model]
+    if run.recipe:
+        r = run.recipe
+        candidates += [r.model.pretrained, r.model.vae, r.dataset.path, r.dataset.reg_path, r.output_dir,
+                       r.sample.control_image]
     for value in candidates:
         if isinstance(value, str) and value and (os.path.isabs(value) or value.startswith("~")):
             found.append(os.path.expanduser(value))
