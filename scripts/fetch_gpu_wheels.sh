@@ -10,7 +10,7 @@ rm -rf .whl && mkdir .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .whl \
-  diffusers==0.42.1 bitsandbytes==0.50.2 importlib_metadata==10.2.0 peft==0.21.2 tomli_w==1.2.0 open_clip_torch==3.3.0
+  diffusers==0.42.1 bitsandbytes==0.50.2 importlib_metadata==10.2.0 peft==0.21.2 tomli_w==1.2.0
 whl=$(ls .whl/bitsandbytes-*.whl)
 tmp=$(mktemp -d)
 (cd "$tmp" && python3 -m zipfile -e "$OLDPWD/$whl" . \
