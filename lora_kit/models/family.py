@@ -33,6 +33,8 @@ class Family:
     text_encoders: int
     sgm_unet_names: bool  # kohya names the U-Net after Stability's sgm code (A1111 loads SDXL LoRAs by those)
     fp32_vae: bool  # the stock VAE overflows in fp16 (NaN latents): kept fp32 under any mixed precision
+    label: str  # what a model card calls it
+    civitai: str  # Civitai's `baseModel` for the family's usual base (SD 2.0 bases: publish.settings)
     implementation: str = ""  # ModelSpec implementation when it is not diffusers'
 
     @property
@@ -42,10 +44,12 @@ class Family:
 
 _STABILITY = "https://github.com/Stability-AI/generative-models"
 _TABLE = {
-    SD1: Family(SD1, 512, "sd_v1", "stable-diffusion-v1", 1, False, False),
-    SD2: Family(SD2, 512, "sd_v2", "stable-diffusion-v2-512", 1, False, False),
-    SD2V: Family(SD2V, 768, "sd_v2_v", "stable-diffusion-v2-768-v", 1, False, False),
-    SDXL: Family(SDXL, 1024, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base", 2, True, True, _STABILITY),
+    SD1: Family(SD1, 512, "sd_v1", "stable-diffusion-v1", 1, False, False, "Stable Diffusion 1.x", "SD 1.5"),
+    SD2: Family(SD2, 512, "sd_v2", "stable-diffusion-v2-512", 1, False, False, "Stable Diffusion 2.x (512, epsilon)", "SD 2.1"),
+    SD2V: Family(SD2V, 768, "sd_v2_v", "stable-diffusion-v2-768-v", 1, False, False,
+                 "Stable Diffusion 2.x (768, v-prediction)", "SD 2.1 768"),
+    SDXL: Family(SDXL, 1024, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base", 2, True, True, "Stable Diffusion XL",
+                 "SDXL 1.0", _STABILITY),
 }
 
 # Name -> value views, the shape adapters/metadata.py reads them in.

@@ -10,14 +10,10 @@ import datetime
 import re
 from dataclasses import dataclass
 
+from lora_kit.models.family import FAMILIES, SD2, SD2V, family
 from lora_kit.publish.rundir import Run, base_model_label, is_builtin_base
 
-FAMILY_NAMES = {
-    "sd1": "Stable Diffusion 1.x",
-    "sd2": "Stable Diffusion 2.x (512, epsilon)",
-    "sd2v": "Stable Diffusion 2.x (768, v-prediction)",
-    "sdxl": "Stable Diffusion XL",
-}
+FAMILY_NAMES = {name: family(name).label for name in FAMILIES}  # card labels, from models.family
 
 
 def recommended_weight(run: Run, override: float | None = None) -> float:
@@ -102,13 +98,10 @@ def civitai_base_model(run: Run) -> str:
     """Civitai's `baseModel` vocabulary ("SD 1.5", "SD 2.1 768", "SDXL 1.0"...); "Other" for built-in test models."""
     if is_builtin_base(run):
         return "Other"
-    family = run.family
-    if family == "sdxl":
-        return "SDXL 1.0"
-    if family in ("sd2", "sd2v"):
-        version = "2.0" if _is_sd20(run.base_model) else "2.1"
-        return f"SD {version} 768" if family == "sd2v" else f"SD {version}"
-    return "SD 1.5"
+    name = family(run.family).civitai if run.family in FAMILIES else "SD 1.5"
+    if run.family in (SD2, SD2V) and _is_sd20(run.base_model):
+        name = name.replace("2.1", "2.0")  # stabilityai/stable-diffusion-2(-base) are 2.0
+    return name
 
 
 def _is_sd20(base: str) -> bool:
