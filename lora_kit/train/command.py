@@ -5,6 +5,8 @@ Also what `accelerate launch -m lora_kit train RECIPE` runs in every process.
 
 from __future__ import annotations
 
+import dataclasses
+
 
 def add_arguments(p) -> None:
     p.add_argument("recipe", help="recipe TOML file, or the name of a shipped recipe (tiny-smoke, sd15-style, ...)")
@@ -24,16 +26,15 @@ def run(args) -> int:
     from lora_kit.config.load import load_recipe
     from lora_kit.train.recipe import LoraTrainer
 
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={_toml_str(args.output_dir)}")
     if args.stop_after < 0:
         raise UserError(f"--stop-after {args.stop_after}: expected 0 (run to the end) or a number of steps >= 1")
     if args.force_resume and not args.resume:
         raise UserError("--force-resume needs --resume latest|PATH")
     if args.overwrite and args.resume:
         raise UserError("--overwrite starts a new run and --resume continues one: pass only one of them")
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = load_recipe(args.recipe, list(args.overrides))
+    if args.output_dir:  # a typed value, not a quoted override string
+        recipe = dataclasses.replace(recipe, output_dir=args.output_dir.replace("{name}", recipe.name))
     from lora_kit.config.preflight import check_before_training
 
     check_before_training(recipe)  # paths, output locations, model-dependent values: before the model loads
@@ -50,8 +51,3 @@ def run(args) -> int:
     trainer.cleanup()
     return 0
 
-
-def _toml_str(s: str) -> str:
-    import json
-
-    return json.dumps(s)
