@@ -28,9 +28,12 @@ LoKr case 1.45-1.70x slower), so peft is not the slower choice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-from lora_kit.config.schema import NetworkConfig
+from lora_kit.adapters.blocks import BlockLayout, block_index, block_layout, block_lr_weights, per_block
+from lora_kit.adapters.names import layout_from_config
+from lora_kit.config.schema import NetworkConfig, OptimizerConfig
 
 ADAPTER_NAME = "default"
 UNET_TARGETS = {
@@ -43,7 +46,8 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 def unet_target_modules(net: NetworkConfig) -> list[str]:
     targets = list(net.target_modules) if net.target == "custom" else list(UNET_TARGETS[net.target])
-    return targets + [c for c in CONV_TARGETS if net.conv_rank and c not in targets]
+    convs = net.conv_rank or getattr(net, "conv_block_dims", None)
+    return targets + [c for c in CONV_TARGETS if convs and c not in targets]
 
 
 def conv_alpha(net: NetworkConfig) -> float:
@@ -63,22 +67,70 @@ def _init(net: NetworkConfig):
     return {"default": True, "zeros": True}.get(net.init, net.init)
 
 
-def _lycoris_config(net: NetworkConfig, r: int, alpha: float, targets: list, ranks: dict, alphas: dict):
+def _lycoris_config(net: NetworkConfig, r: int, alpha: float, targets: list, ranks: dict, alphas: dict, **extra):
     from peft import LoHaConfig, LoKrConfig
 
-    common = dict(r=r, alpha=alpha, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
+    common = dict(r=r, alpha=alpha, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas, **extra)
     if net.algo == "loha":
         return LoHaConfig(**common, init_weights=True)  # hada_w2_b = 0: zero update at step 0
     # LyCORIS's own init (w1 and w2_a random, w2_b or full w2 zero), as kohya users get it.
     return LoKrConfig(**common, decompose_factor=net.factor, init_weights="lycoris")
 
 
-def unet_lora_config(net: NetworkConfig):
+@dataclass
+class BlockPlan:
+    """Per-module ranks/alphas from kohya's block lists, as peft patterns; modules of rank 0 left out."""
+    blocks: BlockLayout
+    layout: dict
+    lr_weights: list[float] | None
+    ranks: dict = field(default_factory=dict)  # escaped full module path -> rank (where not net.rank)
+    alphas: dict = field(default_factory=dict)
+    excluded: list = field(default_factory=list)  # full paths of modules with rank 0 (kohya: not created)
+
+
+def uses_blocks(net: NetworkConfig, opt: OptimizerConfig | None) -> bool:
+    lr = opt is not None and bool(opt.down_lr_weight or opt.mid_lr_weight or opt.up_lr_weight)
+    return lr or bool(net.block_dims or net.block_alphas or net.conv_block_dims or net.conv_block_alphas)
+
+
+def _targeted(unet, targets: list[str]) -> list[str]:
+    # peft's own rule for a list of target_modules: the exact name or a dotted suffix
+    return [n for n, _ in unet.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+
+
+def block_plan(unet, net: NetworkConfig, opt: OptimizerConfig | None, sdxl: bool) -> BlockPlan:
+    """kohya's create_network for block_dims/block_alphas/conv_block_*/down|mid|up_lr_weight: dims per
+    block, alphas per block, and a block whose lr weight is 0 gets no modules at all."""
+    layout = layout_from_config(dict(unet.config))
+    blocks = block_layout(layout, sdxl)
+    lr = block_lr_weights(opt.down_lr_weight, opt.mid_lr_weight, opt.up_lr_weight, blocks) if opt else None
+    dims, alphas = per_block(net.block_dims, "block_dims", blocks), per_block(net.block_alphas, "block_alphas", blocks)
+    cdims = per_block(net.conv_block_dims, "conv_block_dims", blocks)
+    calphas = per_block(net.conv_block_alphas, "conv_block_alphas", blocks)
+    plan = BlockPlan(blocks, layout, lr)
+    for path in _targeted(unet, unet_target_modules(net)):
+        idx = block_index(path, layout, blocks)
+        conv = path.rsplit(".", 1)[-1] in CONV_TARGETS and ".resnets." in path
+        if conv:
+            r = cdims[idx] if cdims and idx is not None else net.conv_rank
+            a = calphas[idx] if calphas and idx is not None else (net.conv_alpha or float(r))
+        else:
+            r = dims[idx] if dims and idx is not None else net.rank
+            a = alphas[idx] if alphas and idx is not None else net.alpha
+        if r == 0 or (lr is not None and idx is not None and lr[idx] == 0):
+            plan.excluded.append(path)
+        elif (r, float(a)) != (net.rank, float(net.alpha)):
+            plan.ranks[re.escape(path)], plan.alphas[re.escape(path)] = r, float(a)
+    return plan
+
+
+def unet_lora_config(net: NetworkConfig, plan: BlockPlan | None = None):
     from peft import LoraConfig
 
-    ranks, alphas = _conv_patterns(net)
+    ranks, alphas = _conv_patterns(net) if plan is None else (plan.ranks, plan.alphas)
+    extra = {"exclude_modules": plan.excluded} if plan is not None and plan.excluded else {}
     if getattr(net, "algo", "lora") != "lora":
-        return _lycoris_config(net, net.rank, net.alpha, unet_target_modules(net), ranks, alphas)
+        return _lycoris_config(net, net.rank, net.alpha, unet_target_modules(net), ranks, alphas, **extra)
     return LoraConfig(
         r=net.rank,
         lora_alpha=net.alpha,
@@ -88,6 +140,7 @@ def unet_lora_config(net: NetworkConfig):
         rank_pattern=ranks,
         alpha_pattern=alphas,
         use_dora=net.use_dora,
+        **extra,
     )
 
 
@@ -113,10 +166,22 @@ class InjectedAdapters:
     text_encoder_params: list
     unet_config: object
     text_encoder_config: object | None
+    unet_names: list = field(default_factory=list)  # parameter names, aligned with unet_params
+    text_encoder_names: list = field(default_factory=list)
+    plan: BlockPlan | None = None  # kohya block lists, when the recipe sets any
+    ema: object = None  # lora_kit.train.ema.AdapterEMA when [ema] is on: the exported files hold its average
+
+    def unet_param_blocks(self) -> list[int | None]:
+        """kohya block index of each U-Net parameter (None without block lists or outside the blocks)."""
+        if self.plan is None:
+            return [None] * len(self.unet_params)
+        return [block_index(n, self.plan.layout, self.plan.blocks) for n in self.unet_names]
 
 
-def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype) -> InjectedAdapters:
-    """Freeze the base (in the training dtype), add adapters, keep adapter parameters in fp32."""
+def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype, sdxl: bool = False,
+                opt: OptimizerConfig | None = None) -> InjectedAdapters:
+    """Freeze the base (in the training dtype), add adapters, keep adapter parameters in fp32.
+    `opt` brings the block lr weights (a block of weight 0 gets no adapters, as in kohya)."""
     import torch
     from diffusers.training_utils import cast_training_params
 
@@ -125,7 +190,8 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype) -> I
         m.requires_grad_(False)
         if m.dtype != train_dtype:
             m.to(dtype=train_dtype)
-    ucfg = unet_lora_config(net)
+    plan = block_plan(unet, net, opt, sdxl) if uses_blocks(net, opt) else None
+    ucfg = unet_lora_config(net, plan)
     unet.add_adapter(ucfg, adapter_name=ADAPTER_NAME)
     tcfg = None
     if net.train_text_encoder:
@@ -139,9 +205,10 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype) -> I
     trained = [unet] + (list(text_encoders) if net.train_text_encoder else [])
     # fp16/bf16 adapter weights lose small updates; the diffusers scripts upcast them the same way.
     cast_training_params(trained, dtype=torch.float32)
-    unet_params = [p for p in unet.parameters() if p.requires_grad]
-    te_params = [p for te in text_encoders for p in te.parameters() if p.requires_grad]
-    return InjectedAdapters(unet_params, te_params, ucfg, tcfg)
+    unet_named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    te_named = [(n, p) for te in text_encoders for n, p in te.named_parameters() if p.requires_grad]
+    return InjectedAdapters([p for _, p in unet_named], [p for _, p in te_named], ucfg, tcfg,
+                            [n for n, _ in unet_named], [n for n, _ in te_named], plan)
 
 
 def adapter_state_dicts(unet, text_encoders: list, train_text_encoder: bool) -> tuple[dict, list[dict]]:

@@ -28,6 +28,8 @@ def check_recipe(r: Recipe) -> None:
     if r.network.conv_rank and r.network.use_dora:
         _fail(r, "[network] conv_rank", "conv_rank with use_dora = true: DoRA files have no kohya layout for convolutions; set conv_rank = 0 or use_dora = false")
     check_lycoris(r)
+    check_block_weights(r)
+    check_ema(r)
     if r.network.target == "custom" and not r.network.target_modules:
         _fail(r, "[network] target_modules", "target = \"custom\" needs a list of module names")
     if r.network.target not in ("attn", "attn-ff", "custom"):
@@ -79,6 +81,45 @@ def check_lycoris(r: Recipe) -> None:
         _fail(r, "[network] init", f"{n.init!r} initialises LoRA only; remove it with algo = \"{n.algo}\" (LyCORIS's own init is used)")
     if n.factor == 0 or n.factor < -1:
         _fail(r, "[network] factor", f"expected -1 (automatic) or an integer >= 1, got {n.factor}")
+
+
+def check_block_weights(r: Recipe) -> None:
+    """kohya's block lists and LoRA+. Lengths depend on the U-Net (SD1 25, SDXL 23, tiny U-Nets fewer) and
+    are checked against it when the adapters are injected (lora_kit.adapters.blocks); here the values."""
+    from lora_kit.adapters.blocks import PRESETS, is_preset
+
+    n, o = r.network, r.optimizer
+    for key in ("block_dims", "conv_block_dims"):
+        if any(v < 0 for v in getattr(n, key)):
+            _fail(r, f"[network] {key}", f"expected ranks >= 0 (0 = no LoRA in that block), got {getattr(n, key)}")
+    for key in ("block_alphas", "conv_block_alphas"):
+        if any(v <= 0 for v in getattr(n, key)):
+            _fail(r, f"[network] {key}", f"expected alphas > 0, got {getattr(n, key)}")
+    for dims, alphas in (("block_dims", "block_alphas"), ("conv_block_dims", "conv_block_alphas")):
+        d, a = getattr(n, dims), getattr(n, alphas)
+        if d and a and len(d) != len(a):
+            _fail(r, f"[network] {alphas}", f"expected one alpha per block like {dims} ({len(d)} values), got {len(a)}")
+    if n.conv_block_alphas and not (n.conv_block_dims or n.conv_rank):
+        _fail(r, "[network] conv_block_alphas", "set conv_block_dims (or conv_rank) too: without them no convolution is trained")
+    for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):
+        v = getattr(o, key)
+        if isinstance(v, str) and not is_preset(v):
+            _fail(r, f"[optimizer] {key}", f"expected a list of numbers or one of {', '.join(PRESETS)} (optionally +BASE), got {v!r}")
+        if not isinstance(v, str) and any(w < 0 for w in v):
+            _fail(r, f"[optimizer] {key}", f"expected weights >= 0 (0 = no LoRA in that block), got {v}")
+    for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
+        if getattr(o, key) < 0:
+            _fail(r, f"[optimizer] {key}", f"expected 0 (off) or a ratio > 0 such as 16, got {getattr(o, key)}")
+    if n.algo != "lora" and (o.loraplus_lr_ratio or o.loraplus_unet_lr_ratio or o.loraplus_text_encoder_lr_ratio):
+        _fail(r, "[optimizer] loraplus_lr_ratio", f"LoRA+ speeds up LoRA's lora_up matrices; set it to 0 with algo = \"{n.algo}\"")
+
+
+def check_ema(r: Recipe) -> None:
+    e = r.ema
+    if not 0.0 < e.decay < 1.0:
+        _fail(r, "[ema] decay", f"expected a number between 0 and 1 such as 0.999, got {e.decay}")
+    if e.every_n_steps < 1:
+        _fail(r, "[ema] every_n_steps", f"expected a number of steps >= 1, got {e.every_n_steps}")
 
 
 def check_paths(r: Recipe) -> None:

@@ -88,6 +88,12 @@ class NetworkConfig:
     # pairs) or lokr (Kronecker product); conv_rank/conv_alpha give the convolutions' dims for each.
     algo: Literal["lora", "loha", "lokr"] = "lora"
     factor: int = -1  # LoKr: Kronecker factor of each dimension (kohya/LyCORIS factor; -1 = near the square root)
+    # kohya network_args: one value per U-Net block (SD1: 25 = IN00-11, MID, OUT00-11; SDXL: 23 = BASE,
+    # IN00-08, MID0-2, OUT00-08, OUT; lora_kit.adapters.blocks); empty = rank/alpha (conv_rank/conv_alpha) everywhere
+    block_dims: list[int] = field(default_factory=list)
+    block_alphas: list[float] = field(default_factory=list)
+    conv_block_dims: list[int] = field(default_factory=list)  # the ResNet 3x3 convolutions' ranks per block
+    conv_block_alphas: list[float] = field(default_factory=list)
     train_text_encoder: bool = False
     text_encoder_rank: int = 0  # 0 = same as rank
     text_encoder_alpha: float = 0.0  # 0 = same as alpha
@@ -102,6 +108,15 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     args: dict = field(default_factory=dict)  # extra keyword arguments for the optimizer class
+    # kohya's block lr weights (lr x weight per U-Net block; 0 = the block gets no LoRA): a list (SD1 12/1/12,
+    # SDXL 9/3/9 values) or, for down/up, a kohya preset "sine", "cosine", "linear", "reverse_linear", "zeros" (+base)
+    down_lr_weight: list[float] | str = field(default_factory=list)
+    mid_lr_weight: list[float] = field(default_factory=list)
+    up_lr_weight: list[float] | str = field(default_factory=list)
+    # LoRA+ (kohya loraplus_*_lr_ratio): lora_up (peft lora_B) trains at lr x ratio; 0 = off
+    loraplus_lr_ratio: float = 0.0
+    loraplus_unet_lr_ratio: float = 0.0  # overrides loraplus_lr_ratio for the U-Net
+    loraplus_text_encoder_lr_ratio: float = 0.0  # overrides loraplus_lr_ratio for the text encoders
 
 
 @dataclass
@@ -144,6 +159,16 @@ class LossConfig:
     huber_c: float = 0.1
     huber_scale: float = 1.0
     masked: bool = False  # weight the loss by the alpha channel / <stem>.mask.png (kohya alpha_mask)
+
+
+@dataclass
+class EmaConfig:
+    # An exponential moving average of the adapter weights (OneTrainer/SimpleTuner EMA); when on, the exported
+    # files hold the average, the optimizer keeps training the live weights; both are in checkpoints.
+    enabled: bool = False
+    decay: float = 0.999  # the most it reaches: diffusers EMAModel's warm-up (1 + n) / (10 + n) over the n updates
+    every_n_steps: int = 1  # update interval in optimizer steps (OneTrainer ema_update_step_interval)
+    device: Literal["same", "cpu"] = "same"  # "cpu" keeps the average in host memory (each update copies there)
 
 
 @dataclass
@@ -204,6 +229,7 @@ class Recipe:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

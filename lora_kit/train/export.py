@@ -18,6 +18,7 @@ DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 
 def train_info(trainer) -> dict:
     """Everything the kohya metadata builder and the publisher need to know about the run."""
+    from lora_kit.adapters.blocks import kohya_network_args
     from lora_kit.adapters.inject import conv_alpha
     from lora_kit.config.load import recipe_to_dict
     from lora_kit.train.optim import describe_optimizer
@@ -36,7 +37,8 @@ def train_info(trainer) -> dict:
                          **({"factor": r.network.factor} if r.network.algo == "lokr" else {}),
                          # kohya's own names, which its tools and Civitai read back
                          **({"conv_dim": r.network.conv_rank, "conv_alpha": conv_alpha(r.network)}
-                            if r.network.conv_rank else {})},
+                            if r.network.conv_rank else {}),
+                         **kohya_network_args(r.network, r.optimizer)},  # block_dims..., loraplus_lr_ratio
         "training_started_at": trainer.started_at,
         "training_finished_at": time.time(),
         "steps": trainer.global_step,
@@ -82,6 +84,9 @@ def export_adapters(trainer, suffix: str = "") -> dict:
     unet = acc.unwrap_model(trainer.unet)
     tes = [acc.unwrap_model(te) for te in trainer.text_encoders]
     unet_sd, te_sds = adapter_state_dicts(unet, tes, r.network.train_text_encoder)
+    ema = trainer.adapters.ema
+    if ema is not None:  # [ema]: the files hold the moving average, training keeps the live weights
+        unet_sd, te_sds = ema.averaged(unet_sd), [ema.averaged(sd) for sd in te_sds]
     info = train_info(trainer)
     out = trainer.out if not suffix else trainer.out / "exports"
     try:

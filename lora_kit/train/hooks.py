@@ -37,6 +37,8 @@ def register_adapter_hooks(trainer) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in unet_sd.items()}, str(out / UNET_FILE))
         for i, sd in enumerate(te_sds):
             save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(out / TE_FILE.format(i=i)))
+        if getattr(trainer, "ema", None) is not None:
+            trainer.ema.save(out)  # the moving average next to the live weights (lora_kit.train.ema)
 
     def load_hook(models, input_dir):
         while models:
@@ -45,6 +47,8 @@ def register_adapter_hooks(trainer) -> None:
         d = Path(input_dir)
         te_sds = [load_file(str(d / TE_FILE.format(i=i))) for i in range(len(tes))] if train_te else []
         load_adapter_state_dicts(unet, tes if train_te else [], load_file(str(d / UNET_FILE)), te_sds)
+        if getattr(trainer, "ema", None) is not None and not trainer.ema.load(d):
+            acc.print(f"{d.name} holds no EMA weights: the moving average starts from its weights")
 
     acc.register_save_state_pre_hook(save_hook)
     acc.register_load_state_pre_hook(load_hook)

@@ -6,10 +6,52 @@ from lora_kit.config.schema import OptimizerConfig, SchedulerConfig
 from lora_kit.errors import missing_extra
 
 
-def param_groups(unet_params: list, te_params: list, cfg: OptimizerConfig) -> list[dict]:
-    groups = [{"params": unet_params, "lr": cfg.lr, "name": "unet"}]
-    if te_params:
-        groups.append({"params": te_params, "lr": cfg.text_encoder_lr, "name": "text_encoder"})
+def loraplus_ratios(cfg: OptimizerConfig) -> tuple[float, float]:
+    """LoRA+ lr ratios (U-Net, text encoders) of lora_up / lora_B; 1 = off (kohya's per-component overrides)."""
+    return (cfg.loraplus_unet_lr_ratio or cfg.loraplus_lr_ratio or 1.0,
+            cfg.loraplus_text_encoder_lr_ratio or cfg.loraplus_lr_ratio or 1.0)
+
+
+def _is_up(name: str) -> bool:
+    # peft's LoRA "B" matrix is kohya's lora_up (and DoRA/LoHa/LoKr tensors stay in the base group, as in
+    # peft's create_loraplus_optimizer, which only moves lora_B)
+    return ".lora_B." in name or ".lora_embedding_B." in name
+
+
+def _split(params: list, names: list, lr: float, name: str, ratio: float) -> list[dict]:
+    """One group, or with LoRA+ two: lora_B at lr x ratio (peft.optimizers.create_loraplus_optimizer's
+    split, done here per component because that helper builds one optimizer for a whole model)."""
+    if ratio == 1.0:
+        return [{"params": params, "lr": lr, "name": name}]
+    down = [p for p, n in zip(params, names) if not _is_up(n)]
+    up = [p for p, n in zip(params, names) if _is_up(n)]
+    return [g for g in ({"params": down, "lr": lr, "name": name},
+                        {"params": up, "lr": lr * ratio, "name": f"{name}.lora_up"}) if g["params"]]
+
+
+def param_groups(adapters, cfg: OptimizerConfig) -> list[dict]:
+    """Optimizer groups: the U-Net (one per kohya block when block lr weights are set: lr x weight, as
+    kohya's prepare_optimizer_params), the text encoders, each split for LoRA+."""
+    unet_ratio, te_ratio = loraplus_ratios(cfg)
+    names = adapters.unet_names or [""] * len(adapters.unet_params)
+    plan = getattr(adapters, "plan", None)
+    weights = plan.lr_weights if plan is not None else None
+    groups: list[dict] = []
+    if weights is None:
+        groups += _split(adapters.unet_params, names, cfg.lr, "unet", unet_ratio)
+    else:
+        by_block: dict = {}
+        for p, n, b in zip(adapters.unet_params, names, adapters.unet_param_blocks()):
+            by_block.setdefault(b, ([], []))
+            by_block[b][0].append(p)
+            by_block[b][1].append(n)
+        labels = plan.blocks.labels()
+        for b, (ps, ns) in sorted(by_block.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+            w = 1.0 if b is None else weights[b]  # modules outside the blocks: kohya's weight 1
+            groups += _split(ps, ns, cfg.lr * w, "unet" if b is None else f"unet.{labels[b]}", unet_ratio)
+    if adapters.text_encoder_params:
+        te_names = adapters.text_encoder_names or [""] * len(adapters.text_encoder_params)
+        groups += _split(adapters.text_encoder_params, te_names, cfg.text_encoder_lr, "text_encoder", te_ratio)
     return groups
 
 
@@ -66,3 +108,17 @@ def build_lr_scheduler(optimizer, cfg: SchedulerConfig, total_steps: int, num_pr
         num_cycles=cfg.num_cycles,
         power=cfg.power,
     )
+
+
+def optimizer_extras(recipe) -> str:
+    """The summary screen's additions to the optimizer line: block lr weights, LoRA+, EMA (or "")."""
+    o, e = recipe.optimizer, recipe.ema
+    parts = []
+    if o.down_lr_weight or o.mid_lr_weight or o.up_lr_weight:
+        parts.append("block lr weights (a group per block)")
+    unet_ratio, te_ratio = loraplus_ratios(o)
+    if unet_ratio != 1.0 or (recipe.network.train_text_encoder and te_ratio != 1.0):
+        parts.append(f"LoRA+ lora_up lr x{unet_ratio:g}" + (f" (text encoder x{te_ratio:g})" if recipe.network.train_text_encoder else ""))
+    if e.enabled:
+        parts.append(f"EMA decay {e.decay:g} every {e.every_n_steps} step(s) on {'the CPU' if e.device == 'cpu' else 'the device'} (exported)")
+    return "".join(f"; {p}" for p in parts)

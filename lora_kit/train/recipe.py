@@ -111,7 +111,8 @@ class LoraTrainer:
         from accelerate.utils import set_seed
 
         set_seed(r.seed)
-        self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype)
+        self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype,
+                                    sdxl=self.bundle.is_sdxl, opt=r.optimizer)  # opt: block lr weights
         for te in self.text_encoders:  # on the device for the text cache; the U-Net waits (_place_models)
             te.to(self.accelerator.device)
 
@@ -152,11 +153,14 @@ class LoraTrainer:
                     te.gradient_checkpointing_enable()
 
     def _build_optimizer(self) -> None:
+        from lora_kit.train.ema import build_ema
         from lora_kit.train.optim import build_lr_scheduler, build_optimizer, param_groups
 
         r = self.recipe
-        groups = param_groups(self.adapters.unet_params, self.adapters.text_encoder_params, r.optimizer)
+        groups = param_groups(self.adapters, r.optimizer)  # per block (lr weights) and LoRA+ groups
         self.optimizer = build_optimizer(groups, r.optimizer)
+        # None unless [ema] enabled (params are on their device now); export_adapters writes its average
+        self.ema = self.adapters.ema = build_ema(self._trained_params(), r.ema)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, r.scheduler, self.total_steps, self.accelerator.num_processes)
 
     def _register_checkpoint_hooks(self) -> None:
@@ -242,6 +246,8 @@ class LoraTrainer:
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None and acc.sync_gradients and self.ema.due(self.global_step + 1):
+                self.ema.update()  # after the optimizer step; foreach ops, no host read on "same"
             mark and mark("optimizer")
         return loss, info["batch_size"], grad_norm
 

@@ -9,6 +9,7 @@ import time
 import torch
 
 from lora_kit.data.trigger_words import trigger_word_warnings
+from lora_kit.train.optim import optimizer_extras
 
 
 def tracker_config(recipe) -> dict:
@@ -53,7 +54,7 @@ def print_summary(trainer, file=None) -> None:
         f"threads     {trainer.threads[0]} torch CPU thread(s): {trainer.threads[1]}",
         f"optimizer   {r.optimizer.name} lr {r.optimizer.lr:g}"
         + (f", text encoder lr {r.optimizer.text_encoder_lr:g}" if r.network.train_text_encoder else "")
-        + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})",
+        + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})" + optimizer_extras(r),
         f"network     {r.network.algo.upper() if r.network.algo != 'lora' else 'LoRA'} rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
         + (f" + ResNet convs rank {r.network.conv_rank} alpha {conv_alpha(r.network):g}" if r.network.conv_rank else "")
         + (" + text encoder" if r.network.train_text_encoder else "")
