@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -14,7 +15,17 @@ from lora_kit.errors import UserError
 from lora_kit.paths import is_builtin, resolve_dataset_path
 
 
+def _default(cls, param: str):
+    """A backend's own default for `param` (its constructor), so the help text cannot drift from it."""
+    return inspect.signature(cls.__init__).parameters[param].default
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lora_kit.captioning.backends.clip_tags import ClipTagsCaptioner
+    from lora_kit.captioning.backends.simple import TemplateCaptioner
+    from lora_kit.captioning.backends.vlm import TransformersCaptioner
+    from lora_kit.captioning.backends.wd14 import TaggerCaptioner
+
     p.add_argument("dataset", help="dataset folder; images are found recursively (kohya N_name subfolders too)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--captioner", metavar="NAME", help=f"caption with this backend: {', '.join(available_captioners())}")
@@ -23,19 +34,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("captioner options")
     b.add_argument("--model", help="local folder or Hub id (transformers, tagger, clip-tags); each has a default")
     b.add_argument("--template", help='template: format string with {trigger} {class} {folder} {stem} {words} {repeats} '
-                                      '(default "{trigger}, {class}")')
+                                      f'(default "{TemplateCaptioner.template}")')
     b.add_argument("--prompt", help='transformers: prompt prefix, task token or question (e.g. "a photo of")')
-    b.add_argument("--max-new-tokens", type=int, help="transformers: longest caption in tokens (default 40)")
-    b.add_argument("--num-beams", type=int, help="transformers: beam search width (default 3)")
+    b.add_argument("--max-new-tokens", type=int, help=f"transformers: longest caption in tokens (default {_default(TransformersCaptioner, 'max_new_tokens')})")
+    b.add_argument("--num-beams", type=int, help=f"transformers: beam search width (default {_default(TransformersCaptioner, 'num_beams')})")
     b.add_argument("--trust-remote-code", action="store_true", default=None,
                    help="transformers: run the model repository's own Python code (only for repos you trust)")
-    b.add_argument("--general-threshold", type=float, help="tagger: general tag threshold (default 0.35)")
-    b.add_argument("--character-threshold", type=float, help="tagger: character tag threshold (default 0.85)")
+    b.add_argument("--general-threshold", type=float, help=f"tagger: general tag threshold (default {_default(TaggerCaptioner, 'general_threshold')})")
+    b.add_argument("--character-threshold", type=float, help=f"tagger: character tag threshold (default {_default(TaggerCaptioner, 'character_threshold')})")
     b.add_argument("--rating", action="store_true", default=None, help="tagger: put the top rating tag first")
     b.add_argument("--vocab", help="clip-tags: tag vocabulary file, one tag per line")
     b.add_argument("--top-k", type=int, help="clip-tags: keep the K best tags (default 5 unless --threshold)")
     b.add_argument("--threshold", type=float, help="clip-tags: keep tags with cosine similarity >= this")
-    b.add_argument("--clip-template", help='clip-tags: text prompt per tag (default "a photo of {tag}")')
+    b.add_argument("--clip-template", help=f'clip-tags: text prompt per tag (default "{_default(ClipTagsCaptioner, "clip_template")}")')
     b.add_argument("--device", help="auto (default: GPU when present), cpu, cuda, cuda:1 ...")
     b.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="model precision (default: auto)")
     b.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
