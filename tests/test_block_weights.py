@@ -207,3 +207,23 @@ def test_loraplus_groups_per_component():
     assert names_up and all(".lora_B." in n for n in names_up)
     assert sum(len(g["params"]) for g in groups) == len(ad.unet_params) + len(ad.text_encoder_params)
     assert len(names_up) * 2 == len(ad.unet_params) + len(ad.text_encoder_params)  # one B per A
+
+
+@pytest.mark.parametrize("algo", ["lora", "loha"])
+def test_conv_block_dims_turn_convolutions_on_per_block(algo):
+    """conv_block_dims with conv_rank = 0 (kohya: the 3x3 convs get LoRA where the block's conv dim > 0),
+    alphas defaulting to the block's conv rank (scale 1); LoHa takes the same per-module patterns."""
+    from lora_kit.adapters.inject import inject_lora
+    from lora_kit.models.presets import build_components
+
+    c = build_components("tiny-sd15", 0)
+    conv = [0, 2, 0, 0, 3, 0, 0, 0, 1]  # IN01, MID, OUT03
+    r = load_recipe("tiny-smoke", [f"network.conv_block_dims={conv}", f'network.algo="{algo}"', "network.rank=4", "network.alpha=4"])
+    ad = inject_lora(c["unet"], [], r.network, torch.float32, opt=r.optimizer)
+    convs = {n: m for n, m in c["unet"].named_modules() if n.endswith((".conv1", ".conv2")) and ".resnets." in n}
+    adapted = {n: m for n, m in convs.items() if hasattr(m, "r")}
+    labels = ad.plan.blocks.labels()
+    got = {(labels[block_index(n, ad.plan.layout, ad.plan.blocks)], m.r["default"], m.scaling["default"]) for n, m in adapted.items()}
+    assert got == {("IN01", 2, 1.0), ("MID", 3, 1.0), ("OUT03", 1, 1.0)}
+    attn = [m for n, m in c["unet"].named_modules() if n.endswith("attn1.to_q")]
+    assert attn and all(m.r["default"] == 4 for m in attn)  # linear layers keep rank everywhere

@@ -104,3 +104,11 @@ def test_text_encoder_adapters_are_averaged_too(tmp_path):
     b = load_file(str(tmp_path / "live" / "tiny-smoke.safetensors"))
     ups = [k for k in a if k.startswith("lora_te_") and k.endswith("lora_up.weight")]
     assert ups and all(not torch.equal(a[k], b[k]) for k in ups)
+
+
+def test_resume_from_a_checkpoint_without_ema_starts_the_average_there(tmp_path, capsys):
+    base = ["train.max_steps=4", "ema.decay=0.5"]
+    run_training(tmp_path, base, stop_after=2)  # [ema] off: the checkpoint has no ema.safetensors
+    t = run_training(tmp_path, base + ["ema.enabled=true"], resume="latest")
+    assert "holds no EMA weights: the moving average starts from its weights" in capsys.readouterr().out
+    assert t.global_step == 4 and t.ema.ema.optimization_step == 2  # steps 3 and 4 only
