@@ -11,6 +11,9 @@ work on them unchanged. Target presets use kohya users' vocabulary:
 own rank and alpha (peft rank_pattern/alpha_pattern, written per module to both file formats). Attention
 layers never see the finest resolution in small U-Nets (and only see it through 1x1 projections in big
 ones), so a shape or texture the base never drew needs the convolutions to be drawn at all.
+kohya's block lists (`block_dims`, `block_alphas`, `conv_block_*`, and lr weights of 0) become the same
+peft patterns, one entry per module (its full path, escaped), and `exclude_modules` for modules of rank 0;
+the block of each module comes from lora_kit.adapters.blocks.
 
 `algo` = "loha" / "lokr" (LyCORIS) trains with peft's LoHaConfig / LoKrConfig instead of the
 `lycoris-lora` package that kohya and SimpleTuner use. Why: peft's layers hold LyCORIS's own tensors
