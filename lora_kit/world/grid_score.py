@@ -15,7 +15,9 @@ from PIL import Image
 from lora_kit.utils import atomic_write_json
 from lora_kit.world.evaluate import ConceptSpec, check_targets, label_rows, summarize
 
-_PER_CELL_AXES = ("prompt", "seed", "weight", "checkpoint")
+# Axes that vary within one summary; any other (a ControlNet scale, a checkpoint of the run, CFG) makes its
+# own setting, so that two checkpoints are never averaged into one weight.
+_PER_CELL_AXES = ("prompt", "seed", "weight")
 
 
 def cell_weight(params: dict) -> float:
