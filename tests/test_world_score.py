@@ -9,8 +9,7 @@ import pytest
 
 from lora_kit.world.outline import count_vertices
 from lora_kit.world.score import fill_labels_of, label_matches, labels_of, score_batch, score_image
-from lora_kit.world.shapes import ALL_FILLS, ALL_SHAPES, EXTRA_FILLS, EXTRA_SHAPES, Scene, render
-from lora_kit.world.shapes import generate
+from lora_kit.world.shapes import ALL_FILLS, ALL_SHAPES, EXTRA_FILLS, EXTRA_SHAPES, Scene, generate, render
 from lora_kit.world.texture import orientation_name
 
 FIELDS = ("shape", "color", "background", "fill", "orientation", "period")
