@@ -64,10 +64,10 @@ elif fault == "fsize-checkpoint":  # a 4 KiB file size limit from checkpoint 4 o
     ckpt.save_checkpoint = save_checkpoint
 elif fault == "fsize-export":  # the same limit for the final export
     real_export = export.export_adapters
-    def export_adapters(trainer, suffix=""):
+    def export_adapters(*args, suffix="", **kwargs):
         if not suffix:
             limit()
-        return real_export(trainer, suffix)
+        return real_export(*args, suffix=suffix, **kwargs)
     export.export_adapters = export_adapters
 sys.exit(cli.main(sys.argv[1:]))
 """
@@ -370,3 +370,41 @@ def test_unwritable_output_or_cache_folder_is_one_line_before_the_model_loads(tm
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert expect.replace("{dir}", str(locked)) in errors[0], proc.stderr
     assert "caching latents" not in proc.stderr  # refused before any model or data work
+
+
+# ------------------------------------------------------------------------- EMA and masked-loss runs
+
+
+def test_kill_mid_checkpoint_then_resume_is_bit_identical_with_ema_and_masked_huber_loss(tmp_path, capsys):
+    """The methods that carry extra state or data (EMA average, masks, Huber schedule) resume exactly too."""
+    from PIL import Image
+
+    data = tmp_path / "data" / "2_star"
+    data.mkdir(parents=True)
+    for i in range(6):  # RGBA pictures: the alpha channel is the loss mask
+        im = Image.new("RGBA", (64, 64), (255, 255, 255, 0))
+        im.paste((200, 30 * i, 40, 255), (8 + i, 8, 40 + i, 48))
+        im.save(data / f"s{i}.png")
+        (data / f"s{i}.txt").write_text(f"a star number {i}")
+    extra = [f'dataset.path="{tmp_path / "data"}"', "ema.enabled=true", "ema.decay=0.9", "loss.masked=true",
+             'loss.type="huber"']
+    full = tmp_path / "full"
+    run_training(full, COMMON + extra)
+    out = tmp_path / "run"
+    proc = _train_cli(out, *extra, fault="kill-checkpoint")
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    t = run_training(out, COMMON + extra, resume="latest")
+    assert "resumed from checkpoint-000002" in capsys.readouterr().out
+    assert t.global_step == 6 and _same(_adapter(out), _adapter(full))
+
+
+@pytest.mark.parametrize("change", ['network.algo="loha"', "optimizer.loraplus_lr_ratio=4.0",
+                                    "network.block_dims=[4, 4, 4, 4, 4, 4, 4, 4, 4]"])
+def test_fingerprint_refuses_a_changed_algo_block_layout_or_optimizer_groups(change):
+    from lora_kit.config.load import load_recipe
+    from lora_kit.train.fingerprint import compare, recipe_fingerprint
+
+    before = recipe_fingerprint(load_recipe("tiny-smoke"), 1)
+    after = recipe_fingerprint(load_recipe("tiny-smoke", [change]), 1)
+    with pytest.raises(UserError, match="network shape changed"):
+        compare(before, after, "checkpoint-000002", force=True)

@@ -204,6 +204,7 @@ def _trace_masked_step(tmp_path, base: Path, batch_size: int, cached: bool):
         huber = float(forward_loss(t.ctx, batch, 7)[0])
         l2 = float(forward_loss(dataclasses.replace(t.ctx, loss=LossConfig()), batch, 7)[0])
     t.cleanup()
+    reset_accelerate()  # bf16 accelerator state must not leak into later in-process runs
     return rec.ops, huber, l2
 
 

@@ -50,6 +50,7 @@ def _trace_step(tmp_path, batch_size: int) -> Counter:
     with OpRecorder() as rec:
         t.step(batch)
     t.cleanup()
+    reset_accelerate()  # bf16 accelerator state must not leak into later in-process runs
     return rec.ops
 
 

@@ -37,6 +37,8 @@ _PLAIN = {
     "num_train_images": "ss_num_train_images", "num_reg_images": "ss_num_reg_images",
     "gradient_accumulation_steps": "ss_gradient_accumulation_steps",
     "seed": "ss_seed", "min_snr_gamma": "ss_min_snr_gamma", "noise_offset": "ss_noise_offset",
+    "loss_type": "ss_loss_type", "huber_schedule": "ss_huber_schedule", "huber_c": "ss_huber_c",
+    "huber_scale": "ss_huber_scale", "masked_loss": "ss_masked_loss",
     "clip_skip": "ss_clip_skip", "mixed_precision": "ss_mixed_precision", "network_dropout": "ss_network_dropout",
     "training_started_at": "ss_training_started_at", "training_finished_at": "ss_training_finished_at",
 }

@@ -16,12 +16,15 @@ from lora_kit.errors import UserError
 
 # The saved adapter and optimizer tensors have these shapes: never resumable across a change.
 NETWORK_SHAPE = ("network.rank", "network.target", "network.target_modules", "network.conv_rank",
-                 "network.use_dora", "network.train_text_encoder", "network.text_encoder_rank")
+                 "network.use_dora", "network.train_text_encoder", "network.text_encoder_rank", "network.algo",
+                 "network.factor", "network.block_dims", "network.conv_block_dims",
+                 # the optimizer's parameter groups (block lr weights, LoRA+): its saved state has their layout
+                 "optimizer.lr_weights", "optimizer.loraplus")
 
 
 def recipe_fingerprint(recipe, num_processes: int) -> dict:
     """The part known before the model loads (checked early, so a refusal costs nothing)."""
-    r, n, b = recipe, recipe.network, recipe.buckets
+    r, n, b, o = recipe, recipe.network, recipe.buckets, recipe.optimizer
     out = {
         "seed": r.seed,
         "train.batch_size": r.train.batch_size,
@@ -31,6 +34,11 @@ def recipe_fingerprint(recipe, num_processes: int) -> dict:
         "network.rank": n.rank, "network.target": n.target, "network.target_modules": list(n.target_modules),
         "network.conv_rank": n.conv_rank, "network.use_dora": n.use_dora,
         "network.train_text_encoder": n.train_text_encoder, "network.text_encoder_rank": n.text_encoder_rank,
+        "network.algo": n.algo, "network.factor": n.factor,
+        "network.block_dims": list(n.block_dims), "network.conv_block_dims": list(n.conv_block_dims),
+        "network.block_alphas": list(n.block_alphas), "network.conv_block_alphas": list(n.conv_block_alphas),
+        "optimizer.lr_weights": [o.down_lr_weight, o.mid_lr_weight, o.up_lr_weight],
+        "optimizer.loraplus": [o.loraplus_lr_ratio, o.loraplus_unet_lr_ratio, o.loraplus_text_encoder_lr_ratio],
     }
     for key in ("enabled", "resolution", "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso",
                 "bucket_no_upscale", "random_crop"):
@@ -62,8 +70,8 @@ def compare(saved: dict | None, current: dict, checkpoint: str, force: bool) -> 
     detail = ", ".join(f"{k} {_show(saved[k])} -> {_show(current[k])}" for k in changed)
     shape = [k for k in changed if k in NETWORK_SHAPE]
     if shape:
-        raise UserError(f"cannot resume {checkpoint}: the network shape changed ({detail}); its weights "
-                        f"cannot load into this network: use the old values or start a new run (--overwrite)")
+        raise UserError(f"cannot resume {checkpoint}: the network shape changed ({detail}); its weights and "
+                        f"optimizer state cannot load into this network: use the old values or start a new run (--overwrite)")
     if not force:
         raise UserError(f"cannot resume {checkpoint}: changed since it was written: {detail}; use the old values, "
                         f"or pass --force-resume to continue anyway (the data order then differs)")

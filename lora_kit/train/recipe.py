@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from lora_kit.runtime import configure_threads
 from lora_kit.train.compile import compile_unet
 from lora_kit.train.memory import decide_checkpointing
 from lora_kit.train import checkpoint as ckpt
+from lora_kit.train.state import TrainState
 from lora_kit.train.step import StepContext, forward_loss
 
 
@@ -32,6 +32,12 @@ def _cpu_only_multiprocess() -> bool:
 
 
 class LoraTrainer:
+    # The loop's counters live in self.state (TrainState); these read them for callers of a finished trainer.
+    global_step = property(lambda self: self.state.global_step, lambda self, v: setattr(self.state, "global_step", v))
+    total_steps = property(lambda self: self.state.total_steps)
+    last_loss = property(lambda self: self.state.last_loss)
+    last_val_loss = property(lambda self: self.state.last_val_loss)
+
     def __init__(self, recipe: Recipe, resume: str | None = None, stop_after: int = 0, overwrite: bool = False,
                  force_resume: bool = False):
         from lora_kit.train.runfolder import RunFolder
@@ -41,14 +47,9 @@ class LoraTrainer:
         self.stop_after = stop_after  # stop (with a checkpoint) after this many steps in this process' run
         self.out = Path(recipe.output_dir)
         self.run = RunFolder(self.out, resume, overwrite, force_resume)  # lock, run id, resume choice
-        self.global_step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.started_at = time.time()
+        self.state = TrainState()  # step, epoch, position, losses: what the loop owns and updates
         self.seen_indices: list[int] = []  # dataset indices this process trained on (this invocation)
         self.offloaded: list = []  # frozen modules moved off the accelerator once the caches cover them
-        self.last_loss = float("nan")  # mean training loss of the last log interval
-        self.last_val_loss: float | None = None  # held-out loss of the last validation
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -122,8 +123,8 @@ class LoraTrainer:
         self.data = build_training_data(self.recipe, self.bundle, self.accelerator)
         r = self.recipe
         per_epoch = math.ceil(len(self.data.sampler) / r.train.gradient_accumulation_steps)
-        self.steps_per_epoch = max(per_epoch, 1)
-        self.total_steps = r.train.max_steps or r.train.epochs * self.steps_per_epoch
+        self.state.steps_per_epoch = max(per_epoch, 1)
+        self.state.total_steps = r.train.max_steps or r.train.epochs * self.state.steps_per_epoch
 
     def _place_models(self) -> None:
         """The U-Net joins the accelerator only after the caches are built, so the VAE's full-resolution
@@ -161,7 +162,7 @@ class LoraTrainer:
         self.optimizer = build_optimizer(groups, r.optimizer)
         # None unless [ema] enabled (params are on their device now); export_adapters writes its average
         self.ema = self.adapters.ema = build_ema(self._trained_params(), r.ema)
-        self.lr_scheduler = build_lr_scheduler(self.optimizer, r.scheduler, self.total_steps, self.accelerator.num_processes)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, r.scheduler, self.state.total_steps, self.accelerator.num_processes)
 
     def _register_checkpoint_hooks(self) -> None:
         from lora_kit.train.hooks import register_adapter_hooks
@@ -176,7 +177,7 @@ class LoraTrainer:
             prediction_type=b.prediction_type, sdxl=b.is_sdxl, clip_skip=r.model.clip_skip,
             weight_dtype=self.weight_dtype, device=self.accelerator.device, seed=r.seed,
             noise_offset=r.loss.noise_offset, min_timestep=r.loss.min_timestep, max_timestep=r.loss.max_timestep,
-            min_snr_gamma=r.loss.min_snr_gamma, prior_loss_weight=r.loss.prior_loss_weight,
+            min_snr_gamma=r.loss.min_snr_gamma, prior_loss_weight=r.loss.prior_loss_weight, loss=r.loss,
         )
 
     def _maybe_resume(self) -> None:
@@ -185,9 +186,8 @@ class LoraTrainer:
         if path is None:
             return
         state = ckpt.load_checkpoint(self.accelerator, path)
-        self.global_step, self.epoch, self.batch_in_epoch = state["global_step"], state["epoch"], state["batch_in_epoch"]
-        self.started_at = state.get("started_at", self.started_at)
-        self.accelerator.print(f"resumed from {path.name}: step {self.global_step}, epoch {self.epoch}, batch {self.batch_in_epoch}")
+        self.state.restore(state)
+        self.accelerator.print(f"resumed from {path.name}: step {self.state.global_step}, epoch {self.state.epoch}, batch {self.state.batch_in_epoch}")
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -195,16 +195,16 @@ class LoraTrainer:
 
         acc, r = self.accelerator, self.recipe
         if acc.is_main_process:
-            print_summary(self)
-        bar = progress_bar(self, acc.is_main_process)
+            print_summary(r, self.bundle, self.data, acc, self.out, self.state, self.setup_facts())
+        bar = progress_bar(self.state.total_steps, self.state.global_step, acc.is_main_process)
         meter = StepMeter()
         steps_this_run = 0
         self.unet.train()
         for te in self.text_encoders if r.network.train_text_encoder else []:
             te.train()  # transformers loads in eval mode; LoRA dropout must be live while training
-        while self.global_step < self.total_steps:
-            for batch in self.data.batches(self.epoch, self.batch_in_epoch):
-                self.batch_in_epoch += 1
+        while not self.state.done:
+            for batch in self.data.batches(self.state.epoch, self.state.batch_in_epoch):
+                self.state.batch_in_epoch += 1
                 loss, batch_size, grad_norm = self.step(batch)
                 # Summed on the device; read (and averaged over processes) only at the log interval, so the
                 # host never waits for the device inside the loop.
@@ -212,20 +212,20 @@ class LoraTrainer:
                 self.seen_indices.extend(batch["index"].tolist())
                 if not acc.sync_gradients:
                     continue
-                self.global_step += 1
+                self.state.global_step += 1
                 steps_this_run += 1
                 self._after_step(meter, grad_norm, bar)
-                if self.global_step >= self.total_steps or (self.stop_after and steps_this_run >= self.stop_after):
+                if self.state.done or (self.stop_after and steps_this_run >= self.stop_after):
                     break
             else:  # epoch finished
-                self.epoch += 1
-                self.batch_in_epoch = 0
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
                 continue
-            if self.stop_after and steps_this_run >= self.stop_after and self.global_step < self.total_steps:
+            if self.stop_after and steps_this_run >= self.stop_after and not self.state.done:
                 self.save_checkpoint()
                 bar.close()
                 return
-            if self.global_step >= self.total_steps:
+            if self.state.done:
                 break
         bar.close()
 
@@ -236,7 +236,7 @@ class LoraTrainer:
         given, is called as each phase ends (scripts/profile_train.py times them)."""
         acc, r = self.accelerator, self.recipe
         with acc.accumulate(self.unet):
-            loss, info = forward_loss(self.ctx, batch, self.global_step)
+            loss, info = forward_loss(self.ctx, batch, self.state.global_step)
             mark and mark("forward")
             acc.backward(loss)
             mark and mark("backward")
@@ -246,10 +246,16 @@ class LoraTrainer:
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None and acc.sync_gradients and self.ema.due(self.global_step + 1):
+            if self.ema is not None and acc.sync_gradients and self.ema.due(self.state.global_step + 1):
                 self.ema.update()  # after the optimizer step; foreach ops, no host read on "same"
             mark and mark("optimizer")
         return loss, info["batch_size"], grad_norm
+
+    def setup_facts(self):
+        from lora_kit.train.report import SetupFacts
+
+        return SetupFacts(self.threads, self.checkpointing, self.compiled, len(self.offloaded),
+                          sum(p.numel() for p in self._trained_params()))
 
     def _trained_params(self) -> list:
         return self.adapters.unet_params + self.adapters.text_encoder_params
@@ -257,26 +263,25 @@ class LoraTrainer:
     def _after_step(self, meter, grad_norm, bar) -> None:
         from lora_kit.train.report import log_step
 
-        r, s = self.recipe, self.global_step
+        r, s = self.recipe, self.state.global_step
         bar.update(1)
-        if s % r.log.every_n_steps == 0 or s == self.total_steps:
-            self.last_loss = log_step(self.accelerator, s, meter, grad_norm, self.optimizer, self.lr_scheduler, bar)
+        if s % r.log.every_n_steps == 0 or s == self.state.total_steps:
+            self.state.last_loss = log_step(self.accelerator, s, meter, grad_norm, self.optimizer, self.lr_scheduler, bar)
         if r.validation.every_n_steps and s % r.validation.every_n_steps == 0:
             self.validate()
-        if r.save.every_n_steps and s % r.save.every_n_steps == 0 and s < self.total_steps:
+        if r.save.every_n_steps and s % r.save.every_n_steps == 0 and s < self.state.total_steps:
             self.save_checkpoint()
-        if r.save.export_every_n_steps and s % r.save.export_every_n_steps == 0 and s < self.total_steps:
+        if r.save.export_every_n_steps and s % r.save.export_every_n_steps == 0 and s < self.state.total_steps:
             self.export(suffix=f"-step{s:06d}")
         if r.sample.every_n_steps and r.sample.prompts and s % r.sample.every_n_steps == 0:
             self.sample()
 
     def run_state(self) -> dict:
-        return {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "started_at": self.started_at, "total_steps": self.total_steps}
+        return self.state.checkpoint_dict()
 
     def save_checkpoint(self) -> Path:
         state = {**self.run_state(), "fingerprint": self.run.fingerprint}
-        return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.global_step, state,
+        return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.state.global_step, state,
                                     self.recipe.save.keep_last, self.run.run_id, lambda: self.run.first_output(self.recipe))
 
     def validate(self) -> float | None:
@@ -287,8 +292,8 @@ class LoraTrainer:
         ctx = dataclasses.replace(self.ctx, unet=acc.unwrap_model(self.unet),
                                   text_encoders=[acc.unwrap_model(te) for te in self.text_encoders])
         batches = self.data.validation_batches(r.train.batch_size)
-        self.last_val_loss = validation_loss(ctx, batches, r.validation, acc.log, self.global_step)
-        return self.last_val_loss
+        self.state.last_val_loss = validation_loss(ctx, batches, r.validation, acc.log, self.state.global_step)
+        return self.state.last_val_loss
 
     def sample(self) -> Path | None:
         from lora_kit.train.sampling import render_samples
@@ -296,21 +301,30 @@ class LoraTrainer:
         b = self.bundle
         components = {"unet": self.unet, "vae": b.vae, "scheduler": b.noise_scheduler,
                       "text_encoders": self.text_encoders, "tokenizers": b.tokenizers}
-        return render_samples(self.accelerator, components, self.offloaded, self.recipe, self.global_step,
+        return render_samples(self.accelerator, components, self.offloaded, self.recipe, self.state.global_step,
                               self.out / "samples", b.family)
 
     # ------------------------------------------------------------------ save
     def export(self, suffix: str = "") -> dict:
-        from lora_kit.train.export import export_adapters
+        """The adapter files of the current weights (main process; the others return {})."""
+        from lora_kit.adapters.inject import adapter_state_dicts
+        from lora_kit.train.export import export_adapters, run_summary
 
-        return export_adapters(self, suffix)
+        acc, r = self.accelerator, self.recipe
+        if not acc.is_main_process:
+            return {}
+        unet = acc.unwrap_model(self.unet)
+        tes = [acc.unwrap_model(te) for te in self.text_encoders]
+        unet_sd, te_sds = adapter_state_dicts(unet, tes, r.network.train_text_encoder)
+        summary = run_summary(r, self.bundle, self.data.stats, self.state, self.optimizer, acc.num_processes)
+        return export_adapters(self.out, r, summary, unet_sd, te_sds, self.adapters, dict(unet.config), self.run, suffix=suffix)
 
     def save(self) -> dict:
         """Final adapter files (main process), a final sample grid if prompts are set."""
         self.accelerator.wait_for_everyone()
         files = self.export()
         sample = self.recipe.sample
-        already = sample.every_n_steps and self.global_step % sample.every_n_steps == 0  # rendered by _after_step
+        already = sample.every_n_steps and self.state.global_step % sample.every_n_steps == 0  # rendered by _after_step
         if sample.prompts and not already:
             self.sample()
         return files

@@ -6,8 +6,11 @@ import resource
 import sys
 import time
 
+from dataclasses import dataclass
+
 import torch
 
+from lora_kit.adapters.inject import conv_alpha
 from lora_kit.data.trigger_words import trigger_word_warnings
 from lora_kit.train.optim import optimizer_extras
 
@@ -27,42 +30,49 @@ def tracker_config(recipe) -> dict:
     return flat
 
 
-def trainable_parameters(trainer) -> int:
-    return sum(p.numel() for p in trainer._trained_params())
+@dataclass
+class SetupFacts:
+    """What setup decided, for the summary screen (the recipe and the data say the rest)."""
+
+    threads: tuple[int, str]  # (torch CPU threads, why): lora_kit.runtime
+    checkpointing: tuple[bool, str]  # (on, why): lora_kit.train.memory
+    compiled: str  # lora_kit.train.compile's line
+    offloaded: int  # frozen modules kept off the accelerator until sampling
+    trainable_parameters: int
 
 
-def print_summary(trainer, file=None) -> None:
-    from lora_kit.adapters.inject import conv_alpha
-
-    r, b, d, acc = trainer.recipe, trainer.bundle, trainer.data, trainer.accelerator
+def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file=None) -> None:
+    """The one-screen summary at the start of a run (main process)."""
+    r, b, d = recipe, bundle, data
     stats = d.stats
     hist = ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(stats.bucket_histogram.items()))
     global_batch = r.train.batch_size * acc.num_processes * r.train.gradient_accumulation_steps
     lines = [
         "=" * 72,
-        f"lora-kit train  {r.name}  ->  {trainer.out}",
+        f"lora-kit train  {r.name}  ->  {out}",
         f"model       {b.source}  [{b.family}, {b.prediction_type}]",
         f"dataset     {r.dataset.path}: {stats.raw.get('num_train_files', '?')} images"
         + (f" + {stats.raw.get('num_reg_files')} reg" if stats.num_reg_images else "")
         + f", {stats.num_samples} samples/epoch with repeats, {stats.skipped} skipped"
         + (f", {stats.raw.get('num_validation_images')} held out" if stats.raw.get("num_validation_images") else ""),
         f"buckets     {hist}",
-        f"steps       {trainer.total_steps} ({trainer.steps_per_epoch}/epoch), batch {r.train.batch_size} x "
+        f"steps       {state.total_steps} ({state.steps_per_epoch}/epoch), batch {r.train.batch_size} x "
         f"{acc.num_processes} proc x {r.train.gradient_accumulation_steps} accum = {global_batch}",
-        f"precision   {acc.mixed_precision}; grad checkpointing {'on' if trainer.checkpointing[0] else 'off'} ({trainer.checkpointing[1]}); attention {r.train.attention}"
-        f"; compile {trainer.compiled}",
-        f"threads     {trainer.threads[0]} torch CPU thread(s): {trainer.threads[1]}",
+        f"precision   {acc.mixed_precision}; grad checkpointing {'on' if facts.checkpointing[0] else 'off'} "
+        f"({facts.checkpointing[1]}); attention {r.train.attention}; compile {facts.compiled}",
+        f"threads     {facts.threads[0]} torch CPU thread(s): {facts.threads[1]}",
         f"optimizer   {r.optimizer.name} lr {r.optimizer.lr:g}"
         + (f", text encoder lr {r.optimizer.text_encoder_lr:g}" if r.network.train_text_encoder else "")
         + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})" + optimizer_extras(r),
         f"network     {r.network.algo.upper() if r.network.algo != 'lora' else 'LoRA'} rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
         + (f" + ResNet convs rank {r.network.conv_rank} alpha {conv_alpha(r.network):g}" if r.network.conv_rank else "")
         + (" + text encoder" if r.network.train_text_encoder else "")
-        + f"; {trainable_parameters(trainer):,} trainable parameters",
-        f"loss        {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "
+        + f"; {facts.trainable_parameters:,} trainable parameters",
+        f"loss        {r.loss.type}{' (' + r.loss.huber_schedule + ' Huber schedule)' if r.loss.type != 'l2' else ''}"
+        f"{', masked' if r.loss.masked else ''} on {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "
         f"timesteps [{r.loss.min_timestep}, {r.loss.max_timestep})",
         f"cache       latents {'on' if d.latents_cached else 'off'}; text {'on' if d.text_cached else 'off'}"
-        + (f"; {len(trainer.offloaded)} frozen module(s) kept on the CPU until sampling" if trainer.offloaded and acc.device.type != "cpu" else ""),
+        + (f"; {facts.offloaded} frozen module(s) kept on the CPU until sampling" if facts.offloaded and acc.device.type != "cpu" else ""),
         "=" * 72,
     ]
     # A trigger word of several CLIP tokens, or a common one, learns poorly: said before the steps start.
@@ -70,10 +80,10 @@ def print_summary(trainer, file=None) -> None:
     print("\n".join(lines), file=file or sys.stdout, flush=True)  # sys.stdout now, not at import (capture)
 
 
-def progress_bar(trainer, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=trainer.total_steps, initial=trainer.global_step, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
 
 
 class StepMeter:
