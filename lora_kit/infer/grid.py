@@ -31,6 +31,7 @@ from lora_kit.infer.pipeline import LoraPipeline, ModelInfo, model_display_name
 from lora_kit.infer.render import Layout, compose_grid, plan_layout, save_png
 from lora_kit.infer.schedulers import canonical_sampler_name
 from lora_kit.infer.spec import Axis, CellParams, GridSpec, cell_from_dict, cell_to_dict, portable_path
+from lora_kit.runtime import ThreadGovernor
 from lora_kit.utils import atomic_write_json
 
 MANIFEST_FORMAT = "lora-kit-grid/1"
@@ -156,8 +157,10 @@ def _generate_all(pipe: LoraPipeline, params: list[CellParams], spec: GridSpec, 
     images: list = [None] * len(params)
     batch_of: dict[int, dict] = {}
     t0 = time.perf_counter()
+    governor = ThreadGovernor()  # threads follow the cores other processes leave free (lora_kit.runtime)
     with tqdm(total=len(params), desc="grid", unit="img", disable=not progress) as bar:
         for batch in plan_batches(params, spec.batch_size):
+            governor.tick()
             for i, im in zip(batch, pipe.generate([params[i] for i in batch], fuse=spec.fuse)):
                 images[i] = im
             seeds = [int(params[i].seed) for i in batch]

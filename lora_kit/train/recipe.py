@@ -15,7 +15,7 @@ import torch
 
 from lora_kit.config.schema import Recipe
 from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among the names it maps
-from lora_kit.runtime import configure_threads
+from lora_kit.runtime import ThreadGovernor, configure_threads
 from lora_kit.train.compile import compile_unet
 from lora_kit.train.memory import decide_checkpointing
 from lora_kit.train import checkpoint as ckpt
@@ -68,7 +68,7 @@ class LoraTrainer:
         self.weight_dtype = DTYPES[acc.mixed_precision]
         self.run.open(r, acc)  # lock, run id, which checkpoint to resume: before the model loads
         self._load_model()
-        self.threads = configure_threads(sum(p.numel() for p in self.unet.parameters()))  # (n, why)
+        self.threads = configure_threads()  # (n, why): the cores other processes leave free
         self._inject()
         self._build_data()
         self._place_models()
@@ -198,6 +198,7 @@ class LoraTrainer:
             print_summary(r, self.bundle, self.data, acc, self.out, self.state, self.setup_facts())
         bar = progress_bar(self.state.total_steps, self.state.global_step, acc.is_main_process)
         meter = StepMeter()
+        governor = ThreadGovernor()
         steps_this_run = 0
         self.unet.train()
         for te in self.text_encoders if r.network.train_text_encoder else []:
@@ -215,6 +216,7 @@ class LoraTrainer:
                 self.state.global_step += 1
                 steps_this_run += 1
                 self._after_step(meter, grad_norm, bar)
+                governor.tick()  # follow the machine's load: threads = cores other processes leave free
                 if self.state.done or (self.stop_after and steps_this_run >= self.stop_after):
                     break
             else:  # epoch finished
