@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from lora_kit.config.load import load_recipe
+from lora_kit.config.preflight import check_before_training
+from lora_kit.errors import UserError
+from lora_kit.train.recipe import LoraTrainer
+
 
 def add_arguments(p) -> None:
     p.add_argument("recipe", help="recipe TOML file, or the name of a shipped recipe (tiny-smoke, sd15-style, ...)")
@@ -22,10 +27,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from lora_kit.errors import UserError
-    from lora_kit.config.load import load_recipe
-    from lora_kit.train.recipe import LoraTrainer
-
     if args.stop_after < 0:
         raise UserError(f"--stop-after {args.stop_after}: expected 0 (run to the end) or a number of steps >= 1")
     if args.force_resume and not args.resume:
@@ -35,8 +36,6 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, list(args.overrides))
     if args.output_dir:  # a typed value, not a quoted override string
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir.replace("{name}", recipe.name))
-    from lora_kit.config.preflight import check_before_training
-
     check_before_training(recipe)  # paths, output locations, model-dependent values: before the model loads
     trainer = LoraTrainer(recipe, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite,
                           force_resume=args.force_resume)

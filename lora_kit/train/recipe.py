@@ -8,25 +8,40 @@ files. The per-step math lives in step.py and loss.py; file formats in lora_kit.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.models.attention_processor import AttnProcessor2_0
 
+from lora_kit.adapters.inject import adapter_state_dicts, inject_lora
 from lora_kit.config.schema import Recipe
+from lora_kit.models.loading import load_for_training
 from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among the names it maps
 from lora_kit.runtime import ThreadGovernor, configure_threads
-from lora_kit.train.compile import compile_unet
-from lora_kit.train.memory import decide_checkpointing
 from lora_kit.train import checkpoint as ckpt
+from lora_kit.train.compile import compile_unet
+from lora_kit.train.data import build_training_data
+from lora_kit.train.ema import build_ema
+from lora_kit.train.export import export_adapters, run_summary
+from lora_kit.train.hooks import register_adapter_hooks
+from lora_kit.train.memory import decide_checkpointing
+from lora_kit.train.optim import build_lr_scheduler, build_optimizer, param_groups
+from lora_kit.train.report import SetupFacts, StepMeter, log_step, print_summary, progress_bar, tracker_config
+from lora_kit.train.runfolder import RunFolder
+from lora_kit.train.sampling import idle_frozen_modules, render_samples
 from lora_kit.train.state import TrainState
 from lora_kit.train.step import StepContext, forward_loss
+from lora_kit.train.validation import validation_loss
 
 
 def _cpu_only_multiprocess() -> bool:
     """`accelerate launch --multi_gpu` on a box without GPUs: accelerate only sets up gloo DDP when told
     cpu=True; otherwise every process silently trains alone as rank 0 of 1."""
-    import os
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
@@ -40,8 +55,6 @@ class LoraTrainer:
 
     def __init__(self, recipe: Recipe, resume: str | None = None, stop_after: int = 0, overwrite: bool = False,
                  force_resume: bool = False):
-        from lora_kit.train.runfolder import RunFolder
-
         self.recipe = recipe
         self.resume = resume
         self.stop_after = stop_after  # stop (with a checkpoint) after this many steps in this process' run
@@ -53,9 +66,6 @@ class LoraTrainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
-
         r = self.recipe
         self.accelerator = acc = Accelerator(
             cpu=_cpu_only_multiprocess(),
@@ -84,14 +94,10 @@ class LoraTrainer:
         if acc.is_main_process:
             # recipe.toml is written with the run's first checkpoint or export (runfolder.first_output)
             if r.log.tensorboard:
-                from lora_kit.train.report import tracker_config
-
                 acc.init_trackers("lora-kit", config=tracker_config(r))
         self._maybe_resume()
 
     def _load_model(self) -> None:
-        from lora_kit.models.loading import load_for_training
-
         r, acc = self.recipe, self.accelerator
         with acc.main_process_first():  # builtin presets materialise once, on the main process
             # model + VAE override + zero-terminal-SNR schedule + VAE dtype rule, the same for `lora-kit cache`
@@ -100,17 +106,11 @@ class LoraTrainer:
         self.text_encoders = self.bundle.text_encoders
 
     def _inject(self) -> None:
-        from lora_kit.adapters.inject import inject_lora
-
         r = self.recipe
         if r.train.attention == "sdpa":
-            from diffusers.models.attention_processor import AttnProcessor2_0
-
             self.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch scaled_dot_product_attention
         # Seed right here: adapter init must not depend on what ran before (e.g. a builtin model being
         # materialised on the main process only, which draws from the global RNG).
-        from accelerate.utils import set_seed
-
         set_seed(r.seed)
         self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype,
                                     sdxl=self.bundle.is_sdxl, opt=r.optimizer)  # opt: block lr weights
@@ -118,8 +118,6 @@ class LoraTrainer:
             te.to(self.accelerator.device)
 
     def _build_data(self) -> None:
-        from lora_kit.train.data import build_training_data
-
         self.data = build_training_data(self.recipe, self.bundle, self.accelerator)
         r = self.recipe
         per_epoch = math.ceil(len(self.data.sampler) / r.train.gradient_accumulation_steps)
@@ -131,8 +129,6 @@ class LoraTrainer:
         encode does not share memory with it. Frozen modules whose every output is now cached leave the
         accelerator (kohya's cache_latents / cache_text_encoder_outputs do the same): for SDXL that is
         1.9 GB of text encoders and VAE. Sampling brings them back for its duration."""
-        from lora_kit.train.sampling import idle_frozen_modules
-
         self.unet.to(self.accelerator.device)
         d = self.data
         self.offloaded = idle_frozen_modules(d.latents_cached, d.text_cached, self.bundle, self.recipe.network.train_text_encoder)
@@ -154,9 +150,6 @@ class LoraTrainer:
                     te.gradient_checkpointing_enable()
 
     def _build_optimizer(self) -> None:
-        from lora_kit.train.ema import build_ema
-        from lora_kit.train.optim import build_lr_scheduler, build_optimizer, param_groups
-
         r = self.recipe
         groups = param_groups(self.adapters, r.optimizer)  # per block (lr weights) and LoRA+ groups
         self.optimizer = build_optimizer(groups, r.optimizer)
@@ -165,8 +158,6 @@ class LoraTrainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, r.scheduler, self.state.total_steps, self.accelerator.num_processes)
 
     def _register_checkpoint_hooks(self) -> None:
-        from lora_kit.train.hooks import register_adapter_hooks
-
         register_adapter_hooks(self)
 
     def _step_context(self) -> StepContext:
@@ -191,8 +182,6 @@ class LoraTrainer:
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
-        from lora_kit.train.report import StepMeter, print_summary, progress_bar
-
         acc, r = self.accelerator, self.recipe
         if acc.is_main_process:
             print_summary(r, self.bundle, self.data, acc, self.out, self.state, self.setup_facts())
@@ -254,8 +243,6 @@ class LoraTrainer:
         return loss, info["batch_size"], grad_norm
 
     def setup_facts(self):
-        from lora_kit.train.report import SetupFacts
-
         return SetupFacts(self.threads, self.checkpointing, self.compiled, len(self.offloaded),
                           sum(p.numel() for p in self._trained_params()))
 
@@ -263,8 +250,6 @@ class LoraTrainer:
         return self.adapters.unet_params + self.adapters.text_encoder_params
 
     def _after_step(self, meter, grad_norm, bar) -> None:
-        from lora_kit.train.report import log_step
-
         r, s = self.recipe, self.state.global_step
         bar.update(1)
         if s % r.log.every_n_steps == 0 or s == self.state.total_steps:
@@ -288,8 +273,6 @@ class LoraTrainer:
 
     def validate(self) -> float | None:
         """Held-out loss of the unwrapped modules (no DDP collectives), logged and kept as last_val_loss."""
-        from lora_kit.train.validation import validation_loss
-
         acc, r = self.accelerator, self.recipe
         ctx = dataclasses.replace(self.ctx, unet=acc.unwrap_model(self.unet),
                                   text_encoders=[acc.unwrap_model(te) for te in self.text_encoders])
@@ -298,8 +281,6 @@ class LoraTrainer:
         return self.state.last_val_loss
 
     def sample(self) -> Path | None:
-        from lora_kit.train.sampling import render_samples
-
         b = self.bundle
         components = {"unet": self.unet, "vae": b.vae, "scheduler": b.noise_scheduler,
                       "text_encoders": self.text_encoders, "tokenizers": b.tokenizers}
@@ -309,9 +290,6 @@ class LoraTrainer:
     # ------------------------------------------------------------------ save
     def export(self, suffix: str = "") -> dict:
         """The adapter files of the current weights (main process; the others return {})."""
-        from lora_kit.adapters.inject import adapter_state_dicts
-        from lora_kit.train.export import export_adapters, run_summary
-
         acc, r = self.accelerator, self.recipe
         if not acc.is_main_process:
             return {}
@@ -332,9 +310,6 @@ class LoraTrainer:
         return files
 
     def cleanup(self) -> None:
-        import json
-        import os
-
         # Debug aid (and the multi-process test): which samples each rank trained on.
         dump = os.environ.get("LORA_KIT_DUMP_INDICES")
         if dump:

@@ -15,13 +15,21 @@ import shutil
 import time
 from pathlib import Path
 
+from lora_kit.captioning import CaptionOptions, caption_dataset, create_captioner
 from lora_kit.config.checks import check_recipe
 from lora_kit.config.load import load_recipe
 from lora_kit.errors import UserError
 from lora_kit.infer.defaults import sampling_defaults
+from lora_kit.infer.grid import render_grid
+from lora_kit.infer.spec import Axis, CellParams, ControlRef, GridSpec, LoraRef
+from lora_kit.paths import datasets_dir
+from lora_kit.train.recipe import LoraTrainer
 from lora_kit.utils import atomic_write_json
+from lora_kit.world.assets import shipped_controlnet_dir, shipped_model_dir
 from lora_kit.world.evaluate import format_summary, learn_concept_from_folder
 from lora_kit.world.grid_score import score_grid
+from lora_kit.world.model import scene_edges
+from lora_kit.world.shapes import Scene
 
 CONCEPTS = {
     # name: (recipe, dataset, trigger, prompts with the trigger, what the scorer checks)
@@ -51,9 +59,6 @@ def add_arguments(p) -> None:
 
 def _prepare_data(dataset: str, trigger: str, out: Path) -> tuple[Path, str]:
     """Copy the shipped concept images into the run and caption any image that has no caption."""
-    from lora_kit.captioning import CaptionOptions, caption_dataset, create_captioner
-    from lora_kit.paths import datasets_dir
-
     data = out / "data"
     shutil.copytree(datasets_dir() / dataset, data)
     captioner = create_captioner("template", template=f"{trigger} {{class}}")
@@ -73,8 +78,6 @@ def demo_recipe(recipe: str, data: Path, out: Path, steps: int, extra: list[str]
 
 
 def _train(recipe: str, data: Path, out: Path, steps: int, extra: list[str]):
-    from lora_kit.train.recipe import LoraTrainer  # torch, diffusers, peft: loaded only when training
-
     r = demo_recipe(recipe, data, out, steps, extra)
     t = LoraTrainer(r)
     t.setup()
@@ -85,9 +88,6 @@ def _train(recipe: str, data: Path, out: Path, steps: int, extra: list[str]):
 
 
 def _grid(model: str, lora: Path, prompts: list[str], seeds: int, steps: int, out: Path, control: tuple | None):
-    from lora_kit.infer.grid import render_grid
-    from lora_kit.infer.spec import Axis, CellParams, ControlRef, GridSpec, LoraRef
-
     defaults = sampling_defaults(model)  # the world's CFG 5 and DPM++ 2M
     base = CellParams(prompt=prompts[0], seed=0, steps=steps, cfg=defaults["cfg"], sampler=defaults["sampler"], width=64, height=64,
                       loras=[LoraRef(path=str(lora), weight=1.0, name=lora.stem)])
@@ -114,10 +114,6 @@ def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
 
     The edges are what the ControlNet was trained on (lora_kit.world.model.scene_edges: the outline of
     the scene's silhouette), so the layout column shows the shape the LoRA should fill in."""
-    from lora_kit.world.assets import shipped_controlnet_dir
-    from lora_kit.world.model import scene_edges
-    from lora_kit.world.shapes import Scene
-
     cn = shipped_controlnet_dir()
     if cn is None:
         return None
@@ -128,8 +124,6 @@ def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
 
 
 def run(args) -> int:
-    from lora_kit.world.assets import shipped_model_dir
-
     t0 = time.perf_counter()
     concept = "style" if args.style else "subject"
     recipe, dataset, trigger, prompts = CONCEPTS[concept]
