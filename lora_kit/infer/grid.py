@@ -101,8 +101,9 @@ def cell_parameters(p: CellParams, model: ModelInfo, short_hash: Callable[[str],
     return format_parameters(p.prompt, p.negative_prompt, fields, loras)
 
 
-def _seed_key(p: CellParams) -> tuple[str, int]:
-    return (p.batch_key(), int(p.seed))
+def _seed_key(p: CellParams) -> tuple[str, str, str, int]:
+    """Everything that decides a cell's image: what a batch shares, plus its own prompts and seed."""
+    return (p.batch_key(), p.prompt, p.negative_prompt, int(p.seed))
 
 
 def find_references(params: list[CellParams], render_missing: bool) -> tuple[list[CellParams], list[tuple[str, int] | None]]:
@@ -164,8 +165,10 @@ def _generate_all(pipe: LoraPipeline, params: list[CellParams], spec: GridSpec, 
             for i, im in zip(batch, pipe.generate([params[i] for i in batch], fuse=spec.fuse)):
                 images[i] = im
             seeds = [int(params[i].seed) for i in batch]
+            # A batch may mix prompts (CellParams.batch_key): re-rendering it needs each position's prompts.
+            prompts = [[params[i].prompt, params[i].negative_prompt] for i in batch]
             for pos, i in enumerate(batch):
-                batch_of[i] = {"seeds": seeds, "position": pos}
+                batch_of[i] = {"seeds": seeds, "position": pos, "prompts": prompts}
             bar.update(len(batch))
     pipe.unfuse()
     return images, batch_of, time.perf_counter() - t0
@@ -282,6 +285,9 @@ def render_cell(manifest: str | Path | dict, index: int, *, alone: bool = False,
         pipeline = LoraPipeline.load(local_path(m["model"]["source"], root), params.controls, dtype=m.get("dtype", "auto"))
     seeds = [params.seed] if alone else cell["batch"]["seeds"]
     position = 0 if alone else cell["batch"]["position"]
-    images = pipeline.generate([params.replace(seed=s) for s in seeds], fuse=m["fused"])
+    prompts = [[params.prompt, params.negative_prompt]] * len(seeds) if alone else cell["batch"].get("prompts")
+    prompts = prompts or [[params.prompt, params.negative_prompt]] * len(seeds)  # manifests from before mixed batches
+    cells = [params.replace(seed=s, prompt=p, negative_prompt=n) for s, (p, n) in zip(seeds, prompts)]
+    images = pipeline.generate(cells, fuse=m["fused"])
     pipeline.unfuse()
     return images[position], cell_parameters(params, pipeline.model, pipeline.short_hash)

@@ -332,12 +332,12 @@ class LoraPipeline:
         return self._variants[key]
 
     def generate(self, cells: list[CellParams], fuse: bool = True) -> list[Image.Image]:
-        """One pipeline call for cells that differ only by seed (one torch.Generator each)."""
+        """One pipeline call for cells that differ only by seed and prompt (one torch.Generator each)."""
         import torch
 
         first = cells[0]
         if any(c.batch_key() != first.batch_key() for c in cells[1:]):
-            raise ValueError("generate() batches cells that differ only by seed")
+            raise ValueError("generate() batches cells that differ only by seed and prompt")
         in_memory = [lo for lo in first.loras if not lo.path]
         self.apply_loras([lo for lo in first.loras if lo.path], fuse=fuse)
         width, height = first.width or self.native_size()[0], first.height or self.native_size()[1]
@@ -346,8 +346,8 @@ class LoraPipeline:
         pipe.scheduler = make_scheduler(first.sampler, self._scheduler_config)
         n = len(cells)
         kwargs = {
-            "prompt": [first.prompt] * n,
-            "negative_prompt": [first.negative_prompt] * n,
+            "prompt": [c.prompt for c in cells],
+            "negative_prompt": [c.negative_prompt for c in cells],
             "num_inference_steps": int(first.steps),
             "guidance_scale": float(first.cfg),
             # CPU generators: the same seed gives the same noise on any device.

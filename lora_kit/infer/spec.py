@@ -68,9 +68,11 @@ class CellParams:
         return tuple((lo.path, lo.name, float(lo.weight)) for lo in self.active_loras())
 
     def batch_key(self) -> str:
-        """Cells with equal keys differ only by seed and can share one pipeline call."""
+        """Cells with equal keys differ only by seed and prompt and can share one pipeline call (each image
+        has its own generator and its own prompt embedding in the batch)."""
         d = asdict(self)
-        d.pop("seed")
+        for per_image in ("seed", "prompt", "negative_prompt"):
+            d.pop(per_image)
         d["loras"] = [list(k) for k in self.weight_key()]
         return json.dumps(d, sort_keys=True, default=str)
 

@@ -96,7 +96,7 @@ def _grid(model: str, lora: Path, prompts: list[str], seeds: int, steps: int, ou
         base.controls = [ControlRef(model=control[0], image=str(control[1]), scale=0.0)]
         cols.append(Axis("control_scale", [0.0, 1.0], target="0", labels=["no CN", "ControlNet"]))
     spec = GridSpec(model=model, base=base, rows=[Axis("prompt", prompts), Axis("seed", list(range(seeds)))], cols=cols,
-                    fuse=True, batch_size=seeds)
+                    fuse=True, batch_size=seeds * len(prompts))  # every prompt and seed of a column in one call
     return render_grid(spec, out, overwrite=True)
 
 
