@@ -7,6 +7,10 @@ import inspect
 import sys
 from pathlib import Path
 
+from lora_kit.captioning.backends.clip_tags import ClipTagsCaptioner
+from lora_kit.captioning.backends.simple import TemplateCaptioner
+from lora_kit.captioning.backends.vlm import TransformersCaptioner
+from lora_kit.captioning.backends.wd14 import TaggerCaptioner
 from lora_kit.captioning.base import available_captioners, create_captioner
 from lora_kit.captioning.edit import EditRules
 from lora_kit.captioning.runner import CaptionOptions, CaptionReport, caption_dataset, edit_dataset
@@ -21,10 +25,6 @@ def _default(cls, param: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lora_kit.captioning.backends.clip_tags import ClipTagsCaptioner
-    from lora_kit.captioning.backends.simple import TemplateCaptioner
-    from lora_kit.captioning.backends.vlm import TransformersCaptioner
-    from lora_kit.captioning.backends.wd14 import TaggerCaptioner
 
     p.add_argument("dataset", help="dataset folder; images are found recursively (kohya N_name subfolders too)")
     what = p.add_mutually_exclusive_group(required=True)

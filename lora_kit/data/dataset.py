@@ -353,16 +353,9 @@ def build_train_data(
 
     latent_dir, vae_id, scaling, cache_result, dropped = None, "", None, None, []
     if cache and recipe.cache.latents and vae is not None:
-        latent_dir, vae_id, cache_result = _attach_latents(
-            samples + val_samples, recipe, vae, device, dtype, num_processes, process_index, barrier
+        samples, val_samples, latent_dir, vae_id, cache_result, dropped = _cache_latents(
+            samples, val_samples, recipe, vae, device, dtype, num_processes, process_index, barrier
         )
-        failed = set(cache_result.pop("failed"))
-        dropped = [s.record for s in samples + val_samples if failed & set(s.latent_keys)]
-        samples = [s for s in samples if not failed & set(s.latent_keys)]
-        val_samples = [s for s in val_samples if not failed & set(s.latent_keys)]
-        cache_result["failed"] = len(dropped)  # images dropped
-        if not samples:
-            raise UserError("no image could be decoded for the latent cache")
         scaling = {"scaling_factor": vae.config.scaling_factor, "shift_factor": getattr(vae.config, "shift_factor", None)}
 
     transform = CaptionTransform(ds_cfg)
@@ -383,6 +376,21 @@ def build_train_data(
         validation=validation,
         validation_bucket_ids=[bucket_id[validation.bucket_of(i)] for i in range(len(validation))] if validation else [],
     )
+
+
+def _cache_latents(samples, val_samples, recipe, vae, device, dtype, num_processes, process_index, barrier):
+    """Fill the latent cache; images that fail to decode there are dropped (and returned, for the stats)."""
+    latent_dir, vae_id, cache_result = _attach_latents(
+        samples + val_samples, recipe, vae, device, dtype, num_processes, process_index, barrier
+    )
+    failed = set(cache_result.pop("failed"))
+    dropped = [s.record for s in samples + val_samples if failed & set(s.latent_keys)]
+    samples = [s for s in samples if not failed & set(s.latent_keys)]
+    val_samples = [s for s in val_samples if not failed & set(s.latent_keys)]
+    cache_result["failed"] = len(dropped)  # images dropped
+    if not samples:
+        raise UserError("no image could be decoded for the latent cache")
+    return samples, val_samples, latent_dir, vae_id, cache_result, dropped
 
 
 def _without_random_crop(recipe: Recipe) -> Recipe:
