@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from lora_kit.publish.rundir import Run
+from lora_kit.publish.rundir import DIFFUSERS_FILE, Run
 from lora_kit.publish.settings import Details, fmt, top_tags, training_settings
 
 # Hub license identifiers (https://huggingface.co/docs/hub/repositories-licenses); anything else is
@@ -120,7 +120,7 @@ def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) 
     prompt = widgets[0].prompt if widgets else ", ".join(d.trigger_words + ["a photo"])
     pipe = "StableDiffusionXLPipeline" if run.family == "sdxl" else "StableDiffusionPipeline"
     # diffusers converts kohya files on load, so a run without the diffusers file still loads.
-    weights = "pytorch_lora_weights.safetensors" if run.diffusers_file is not None else run.kohya_file.name
+    weights = DIFFUSERS_FILE if run.diffusers_file is not None else run.kohya_file.name
     if run.base_model.startswith("builtin:") and not d.base_model:
         # lora-kit's tiny test models are not on the Hub; lora-kit rebuilds them (seed 0, as training did).
         preset = run.base_model[len("builtin:"):]

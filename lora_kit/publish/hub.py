@@ -18,7 +18,7 @@ from pathlib import Path
 from lora_kit.errors import UserError
 from lora_kit.publish import privacy, stage
 from lora_kit.publish.card import Widget, render_card
-from lora_kit.publish.rundir import Run
+from lora_kit.publish.rundir import DIFFUSERS_FILE, Run
 from lora_kit.publish.settings import Details
 from lora_kit.utils import atomic_dir
 
@@ -45,7 +45,7 @@ def assemble_hub_folder(run: Run, details: Details, repo_id: str, out: Path, *, 
 def _fill(run: Run, details: Details, repo_id: str, folder: Path) -> None:
     privacy.copy_safetensors(run.kohya_file, folder / run.kohya_file.name)
     if run.diffusers_file is not None:
-        privacy.copy_safetensors(run.diffusers_file, folder / "pytorch_lora_weights.safetensors")
+        privacy.copy_safetensors(run.diffusers_file, folder / DIFFUSERS_FILE)
     widgets, grid_url = [], None
     if run.samples is not None:
         if run.samples.grid is not None:

@@ -13,13 +13,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME as DIFFUSERS_FILE
 from lora_kit.config.load import recipe_from_dict
 from lora_kit.config.schema import Recipe
 from lora_kit.errors import UserError
 from lora_kit.summary import FILE as SUMMARY_FILE, RunSummary
 
 RECIPE_FILE = "recipe.toml"
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

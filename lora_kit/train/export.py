@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lora_kit.adapters.blocks import kohya_network_args
 from lora_kit.adapters.inject import conv_alpha
-from lora_kit.adapters.io import write_adapter_files
+from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME as DIFFUSERS_FILE, write_adapter_files
 from lora_kit.config.load import recipe_to_dict
 from lora_kit.errors import UserError
 from lora_kit.summary import FILE as SUMMARY_FILE, RunSummary
@@ -20,7 +20,6 @@ from lora_kit.train.checkpoint import intact_note
 from lora_kit.train.optim import describe_optimizer
 from lora_kit.utils import describe_write_fault, is_write_fault
 
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 
 
 def run_summary(recipe, bundle, stats, state, optimizer, num_processes: int) -> RunSummary:

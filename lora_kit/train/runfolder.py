@@ -15,14 +15,16 @@ import json
 import uuid
 from pathlib import Path
 
+from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME
 from lora_kit.errors import UserError
+from lora_kit.summary import FILE as SUMMARY_FILE
 from lora_kit.train import checkpoint as ckpt
 from lora_kit.train.fingerprint import compare, data_fingerprint, recipe_fingerprint
 from lora_kit.train.runlock import RunLock
 from lora_kit.utils import atomic_write_json, remove_stale_temps
 
 RUN_FILE = "run.json"
-ADAPTER_FILES = ("summary.json", "pytorch_lora_weights.safetensors")
+ADAPTER_FILES = (SUMMARY_FILE, DIFFUSERS_WEIGHT_NAME)
 
 
 class RunFolder:
