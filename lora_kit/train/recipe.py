@@ -167,8 +167,7 @@ class LoraTrainer:
             alphas_cumprod=b.noise_scheduler.alphas_cumprod.to(self.accelerator.device),
             prediction_type=b.prediction_type, sdxl=b.is_sdxl, clip_skip=r.model.clip_skip,
             weight_dtype=self.weight_dtype, device=self.accelerator.device, seed=r.seed,
-            noise_offset=r.loss.noise_offset, min_timestep=r.loss.min_timestep, max_timestep=r.loss.max_timestep,
-            min_snr_gamma=r.loss.min_snr_gamma, prior_loss_weight=r.loss.prior_loss_weight, loss=r.loss,
+            loss=r.loss,
         )
 
     def _maybe_resume(self) -> None:

@@ -40,12 +40,7 @@ class StepContext:
     weight_dtype: torch.dtype
     device: torch.device
     seed: int
-    noise_offset: float = 0.0
-    min_timestep: int = 0
-    max_timestep: int = 1000
-    min_snr_gamma: float = 0.0
-    prior_loss_weight: float = 1.0
-    loss: LossConfig = field(default_factory=LossConfig)  # [loss] type / huber_* (the recipe's LossConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # the recipe's [loss]: noise, timesteps, weighting, type
 
 
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -98,9 +93,10 @@ def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torc
     indices = batch["index"].tolist()  # a host list, read without a per-element scalar op
     gens = [sample_generator(ctx.seed, step, i) for i in indices]
     latents = batch_latents(ctx, batch, gens)  # draws the VAE sample first when encoding now
-    noise = to_device(draw_noise(gens, tuple(latents.shape[1:]), ctx.noise_offset), ctx.device, latents.dtype)
+    lc = ctx.loss
+    noise = to_device(draw_noise(gens, tuple(latents.shape[1:]), lc.noise_offset), ctx.device, latents.dtype)
     if fixed_timesteps is None:
-        t = torch.cat([sample_timesteps(1, g, ctx.min_timestep, ctx.max_timestep) for g in gens])
+        t = torch.cat([sample_timesteps(1, g, lc.min_timestep, lc.max_timestep) for g in gens])
     else:
         t = fixed_timesteps.expand(len(indices)).clone()
     t = to_device(t, ctx.device)
@@ -108,11 +104,11 @@ def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torc
     cond = batch_conditioning(ctx, batch)
     pred = ctx.unet(noisy, t, **unet_kwargs(ctx, batch, cond)).sample
     target = target_for(ctx.prediction_type, latents, noise, t, ctx.alphas_cumprod)
-    is_reg, mask, lc = batch.get("is_reg"), batch.get("mask"), ctx.loss
+    is_reg, mask = batch.get("is_reg"), batch.get("mask")
     loss = diffusion_loss(
         pred, target, t, ctx.alphas_cumprod,
-        prediction_type=ctx.prediction_type, min_snr_gamma=ctx.min_snr_gamma,
-        is_reg=None if is_reg is None else to_device(is_reg, ctx.device), prior_loss_weight=ctx.prior_loss_weight,
+        prediction_type=ctx.prediction_type, min_snr_gamma=lc.min_snr_gamma,
+        is_reg=None if is_reg is None else to_device(is_reg, ctx.device), prior_loss_weight=lc.prior_loss_weight,
         loss_type=lc.type, huber_schedule=lc.huber_schedule, huber_c=lc.huber_c, huber_scale=lc.huber_scale,
         mask=None if mask is None else to_device(mask, ctx.device, torch.float32),  # [loss] masked: one copy per batch
     )
