@@ -262,11 +262,8 @@ class LoraTrainer:
         if r.sample.every_n_steps and r.sample.prompts and s % r.sample.every_n_steps == 0:
             self.sample()
 
-    def run_state(self) -> dict:
-        return self.state.checkpoint_dict()
-
     def save_checkpoint(self) -> Path:
-        state = {**self.run_state(), "fingerprint": self.run.fingerprint}
+        state = {**self.state.checkpoint_dict(), "fingerprint": self.run.fingerprint}
         return ckpt.save_checkpoint(self.accelerator, self.out / "checkpoints", self.state.global_step, state,
                                     self.recipe.save.keep_last, self.run.run_id, lambda: self.run.first_output(self.recipe))
 
