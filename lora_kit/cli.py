@@ -31,8 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# Commands that run torch work long enough for the thread count to matter (lora_kit.runtime).
-TORCH_COMMANDS = {"train", "demo", "grid", "cache", "caption", "merge", "resize", "extract"}
+# Commands that run torch work long enough for the thread count to matter (lora_kit.runtime). `train` and
+# `demo` are left out: the trainer measures the machine itself (once) and reports it in its summary.
+TORCH_COMMANDS = {"grid", "cache", "caption", "merge", "resize", "extract"}
 
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:
