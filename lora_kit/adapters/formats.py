@@ -14,10 +14,13 @@ Conventions (also in docs/formats.md):
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+
+import torch
 
 from lora_kit.adapters import names
 from lora_kit.errors import UserError
@@ -259,8 +262,6 @@ def to_kohya_state_dict(parsed: ParsedLora) -> dict:
 
 def alpha_tensor(alpha: float, dtype):
     """A scalar alpha in the weights' dtype when that is exact (fp16 files stay bit-identical), else fp32."""
-    import torch
-
     t = torch.tensor(float(alpha), dtype=dtype if dtype.is_floating_point else torch.float32)
     return t if float(t) == float(alpha) else torch.tensor(float(alpha), dtype=torch.float32)
 
@@ -310,8 +311,6 @@ def _layout_for_reading(unet_config, metadata: dict) -> dict | None:
     if unet_config is not None:
         return names.layout_from_config(unet_config)
     if metadata.get("lora_kit.unet_layout"):
-        import json
-
         return names.layout_from_config(json.loads(metadata["lora_kit.unet_layout"]))
     return None
 
@@ -357,6 +356,7 @@ def _family_from_shapes(downs: dict) -> str | None:
 
 def _diffusers_to_peft_keys(sd: dict, text_encoder: bool) -> dict:
     # diffusers keeps its historical key spellings as replacement tables; reuse them instead of regexes.
+    # lazy: diffusers costs seconds to import and only diffusers/peft-layout files (not kohya) need it
     from diffusers.utils.state_dict_utils import (
         DIFFUSERS_OLD_TO_PEFT, DIFFUSERS_TO_PEFT, convert_state_dict, convert_unet_state_dict_to_peft,
     )
@@ -374,7 +374,7 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
     if not sd:
         raise UserError("the file holds no tensors")
     kohya = [k for k in sd if k.startswith(tuple(_KOHYA_PREFIXES))]
-    from lora_kit.adapters import lycoris  # LoHa/LoKr (hada_*/lokr_*); imports this module, hence here
+    from lora_kit.adapters import lycoris  # lazy: import cycle (lycoris, the LoHa/LoKr reader, imports formats)
 
     # A file mixing LoRA and LyCORIS modules is not read: its LyCORIS keys are then listed as unknown.
     if kohya and lycoris.is_lycoris_state_dict(sd) and not any(k.endswith(tuple(_KOHYA_SUFFIX)) for k in sd):
@@ -409,8 +409,6 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
 
 
 def _diffusers_alphas(parsed: ParsedLora, metadata: dict, alpha_keys: dict) -> dict:
-    import json
-
     packed = json.loads(metadata["lora_adapter_metadata"]) if metadata.get("lora_adapter_metadata") else {}
     out = {}
     for comp, mod, parts in parsed.modules():

@@ -18,6 +18,8 @@ import io
 from pathlib import Path
 from typing import BinaryIO
 
+import safetensors.torch
+
 _BLOCK = 1 << 20
 _LEGACY_OFFSET, _LEGACY_SIZE = 0x100000, 0x10000
 
@@ -66,8 +68,6 @@ def ss_only(metadata: dict | None) -> dict:
 
 def precalculate_hashes(tensors: dict, metadata: dict | None) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) of `tensors` serialised with only the ss_* metadata, as kohya does."""
-    import safetensors.torch
-
     data = safetensors.torch.save(tensors, ss_only(metadata) or None)
     buf = io.BytesIO(data)
     return addnet_hash(buf), legacy_hash(buf)

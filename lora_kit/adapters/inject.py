@@ -34,6 +34,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
+from diffusers.training_utils import cast_training_params
+from peft import (
+    LoHaConfig, LoKrConfig, LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict,
+)
+
 from lora_kit.adapters.blocks import BlockLayout, block_index, block_layout, block_lr_weights, per_block
 from lora_kit.adapters.names import layout_from_config
 from lora_kit.config.schema import NetworkConfig, OptimizerConfig
@@ -71,8 +77,6 @@ def _init(net: NetworkConfig):
 
 
 def _lycoris_config(net: NetworkConfig, r: int, alpha: float, targets: list, ranks: dict, alphas: dict, **extra):
-    from peft import LoHaConfig, LoKrConfig
-
     common = dict(r=r, alpha=alpha, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas, **extra)
     if net.algo == "loha":
         return LoHaConfig(**common, init_weights=True)  # hada_w2_b = 0: zero update at step 0
@@ -128,8 +132,6 @@ def block_plan(unet, net: NetworkConfig, opt: OptimizerConfig | None, sdxl: bool
 
 
 def unet_lora_config(net: NetworkConfig, plan: BlockPlan | None = None):
-    from peft import LoraConfig
-
     ranks, alphas = _conv_patterns(net) if plan is None else (plan.ranks, plan.alphas)
     extra = {"exclude_modules": plan.excluded} if plan is not None and plan.excluded else {}
     if getattr(net, "algo", "lora") != "lora":
@@ -148,8 +150,6 @@ def unet_lora_config(net: NetworkConfig, plan: BlockPlan | None = None):
 
 
 def text_encoder_lora_config(net: NetworkConfig):
-    from peft import LoraConfig
-
     r, alpha = net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
     if getattr(net, "algo", "lora") != "lora":
         return _lycoris_config(net, r, alpha, TEXT_ENCODER_TARGETS, {}, {})
@@ -185,9 +185,6 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype, sdxl
                 opt: OptimizerConfig | None = None) -> InjectedAdapters:
     """Freeze the base (in the training dtype), add adapters, keep adapter parameters in fp32.
     `opt` brings the block lr weights (a block of weight 0 gets no adapters, as in kohya)."""
-    import torch
-    from diffusers.training_utils import cast_training_params
-
     modules = [unet] + list(text_encoders)
     for m in modules:
         m.requires_grad_(False)
@@ -198,8 +195,6 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype, sdxl
     unet.add_adapter(ucfg, adapter_name=ADAPTER_NAME)
     tcfg = None
     if net.train_text_encoder:
-        from peft import inject_adapter_in_model
-
         tcfg = text_encoder_lora_config(net)
         for te in text_encoders:
             # transformers 5.24's `add_adapter` demands peft >= 0.22 (unreleased); peft's own injection
@@ -216,16 +211,12 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype, sdxl
 
 def adapter_state_dicts(unet, text_encoders: list, train_text_encoder: bool) -> tuple[dict, list[dict]]:
     """peft state dicts (keys without adapter name): U-Net, and each text encoder if trained."""
-    from peft import get_peft_model_state_dict
-
     unet_sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
     te_sds = [get_peft_model_state_dict(te, adapter_name=ADAPTER_NAME) for te in text_encoders] if train_text_encoder else []
     return unet_sd, te_sds
 
 
 def load_adapter_state_dicts(unet, text_encoders: list, unet_sd: dict, te_sds: list[dict]) -> None:
-    from peft import set_peft_model_state_dict
-
     res = set_peft_model_state_dict(unet, unet_sd, adapter_name=ADAPTER_NAME)
     if getattr(res, "unexpected_keys", None):
         raise RuntimeError(f"unexpected adapter keys: {res.unexpected_keys[:5]}")

@@ -21,6 +21,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+import torch
+
 from lora_kit.adapters import formats, names
 from lora_kit.errors import UserError
 
@@ -89,16 +91,12 @@ def _mm(a, b):
 
 def _cp(t, wa, wb):
     # A1111 lyco_helpers.make_weight_cp / ComfyUI: Tucker core t [r, r, k, k], wa [r, out], wb [r, in].
-    import torch
-
     tmp = torch.einsum("i j k l, j r -> i r k l", t.float(), wb.float())
     return torch.einsum("i j k l, i r -> r j k l", tmp, wa.float())
 
 
 def delta_weight(parts: dict, scale: float, shape=None):
     """The weight update of one module (fp32), reshaped to `shape` (the base weight's) when given."""
-    import torch
-
     if algo_of(parts) == "loha":
         if "hada_t1" in parts:
             m1 = _cp(parts["hada_t1"], parts["hada_w1_a"], parts["hada_w1_b"])
@@ -276,6 +274,7 @@ def summary_rank_alpha(parsed: ParsedLycoris) -> tuple[str, str]:
 
 def target_module(root, comp: str, mod: str):
     """The Linear/Conv2d a module path names in a U-Net or text encoder (under any peft wrapper)."""
+    # lazy: peft costs seconds to import; reading a LoHa/LoKr file (lora-kit info, publish) never gets here
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     if comp != "unet" and not hasattr(root, "text_model"):
@@ -294,8 +293,6 @@ def target_modules(parsed: ParsedLycoris, roots: dict) -> list:
 
 def apply(parsed: ParsedLycoris, roots: dict, weight: float) -> None:
     """W += weight * delta-W for every module of `parsed` (components absent from `roots` are skipped)."""
-    import torch
-
     with torch.no_grad():
         for comp, mod, delta in parsed.deltas():
             if roots.get(comp) is None:

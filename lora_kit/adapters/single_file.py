@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import re
 
+import torch
+from safetensors.torch import save_file
+
 from lora_kit.adapters import names
 from lora_kit.errors import UserError
 from lora_kit.models.family import SD1, SD2, SD2V, SDXL
+from lora_kit.utils import atomic_write
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -96,8 +100,6 @@ def clip_to_ldm(sd: dict, prefix: str) -> dict:
 
 
 def openclip_to_ldm(sd: dict, prefix: str) -> dict:
-    import torch
-
     sd = {k: v for k, v in _hf_keys(sd).items() if not k.endswith("position_ids")}
     fixed = {
         "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
@@ -137,9 +139,5 @@ def pipeline_to_ldm(pipe, family: str) -> dict:
 
 def save_single_file(pipe, family: str, path, metadata: dict | None = None):
     """Write `pipeline_to_ldm` atomically (temp file + rename)."""
-    from safetensors.torch import save_file
-
-    from lora_kit.utils import atomic_write
-
     tensors = pipeline_to_ldm(pipe, family)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or None))

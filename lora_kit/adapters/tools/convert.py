@@ -40,7 +40,7 @@ def base_unet_config(base: str | None, unet_config: str | None) -> tuple[dict | 
             raise UserError(f"cannot read U-Net config {unet_config}: {exc}") from exc
     if not base:
         return None, None
-    from lora_kit.models.loading import detect_family, resolve_model
+    from lora_kit.models.loading import detect_family, resolve_model  # lazy: torch + diffusers, not for --help
 
     folder = Path(resolve_model(base))
     cfg_path = folder / "unet" / "config.json"
@@ -54,7 +54,7 @@ def base_unet_config(base: str | None, unet_config: str | None) -> tuple[dict | 
 
 def convert_file(src, to: str, out, *, precision: str | None = None, family: str | None = None,
                  unet_config: dict | None = None, allow_pickle: bool = False, overwrite: bool = False) -> Path:
-    from lora_kit.adapters import formats, io, names
+    from lora_kit.adapters import formats, io, names  # lazy: torch, kept out of `lora-kit convert --help`
 
     parsed = io.read_lora_file(src, allow_pickle=allow_pickle, unet_config=unet_config)
     if family:

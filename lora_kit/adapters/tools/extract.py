@@ -22,6 +22,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from lora_kit.adapters import names
 from lora_kit.errors import UserError
 
 _TE_PARTS = (".self_attn.", ".mlp.")
@@ -46,7 +49,7 @@ def add_arguments(parser) -> None:
 
 def _targets(model, component: str, conv: bool) -> dict:
     """module path -> Linear/Conv2d that kohya's LoRANetwork would adapt."""
-    import torch
+    import torch  # lazy: torch takes seconds; this command module is imported for `lora-kit extract --help`
 
     out = {}
     for name, m in model.named_modules():
@@ -70,7 +73,7 @@ def _pick_rank(s, rank: int | None, threshold: float | None) -> int:
 
 def extract_module(diff, rank: int | None, threshold: float | None):
     """(lora_A, lora_B, k, energy) of one module's difference (fp32, peft/kohya shapes)."""
-    import torch
+    import torch  # lazy: kept out of `lora-kit extract --help`
 
     flat = diff.double().reshape(diff.shape[0], -1)
     U, s, Vh = torch.linalg.svd(flat, full_matrices=False)
@@ -89,10 +92,10 @@ def extract_module(diff, rank: int | None, threshold: float | None):
 def extract(tuned_bundle, base_bundle, rank: int | None, threshold: float | None, conv_rank: int | None,
             min_diff: float = 0.0):
     """(ParsedLora, [(module key, k, energy, ||delta-W||_F)]) from two loaded ModelBundles."""
+    # lazy: torch (formats imports it too) kept out of `lora-kit extract --help`
     import torch
-    from tqdm.auto import tqdm
 
-    from lora_kit.adapters import formats, names
+    from lora_kit.adapters import formats
 
     conv = conv_rank is None or conv_rank > 0  # None: the convolutions at --rank (or by --threshold alone)
     conv_cap = rank if conv_rank is None else conv_rank
@@ -133,6 +136,7 @@ def _name(spec: str) -> str:
 
 
 def run(args) -> int:
+    # lazy: torch, diffusers and transformers, kept out of `lora-kit extract --help`
     import torch
 
     from lora_kit.adapters.io import write_kohya_lora

@@ -33,6 +33,7 @@ def module_group(component: str, module: str) -> str:
 
 
 def describe(path, allow_pickle: bool = False) -> dict:
+    # lazy: these import torch (seconds); `lora-kit info --help` loads only this module
     from lora_kit.adapters import hashes, io
     from lora_kit.adapters.formats import read_lora_state_dict
 
@@ -67,7 +68,7 @@ def describe(path, allow_pickle: bool = False) -> dict:
 
 
 def _hash_check(path: Path, tensors: dict, meta: dict) -> dict:
-    from lora_kit.adapters import hashes
+    from lora_kit.adapters import hashes  # lazy: imports torch, kept out of `lora-kit info --help`
 
     stored = meta.get("sshs_model_hash")
     if not stored:

@@ -18,8 +18,17 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from lora_kit.adapters import lycoris
+from lora_kit.adapters.formats import SDXL
+from lora_kit.adapters.io import read_lora_file, write_diffusers_lora
+from lora_kit.adapters.lycoris import ParsedLycoris
+from lora_kit.adapters.single_file import save_single_file
 from lora_kit.errors import UserError
 from lora_kit.precision import to_dtype
+from lora_kit.utils import save_pretrained_atomic
 
 
 def add_arguments(parser) -> None:
@@ -45,6 +54,7 @@ def parse_lora_arg(text: str) -> tuple[str, float]:
 
 
 def _load_pipeline(base: str, dtype):
+    # lazy: diffusers (and transformers, via models.loading) add seconds to `lora-kit merge --help`
     import diffusers
 
     from lora_kit.models.loading import resolve_model
@@ -59,14 +69,12 @@ def _load_pipeline(base: str, dtype):
 
 
 def _family(pipe) -> str:
-    from lora_kit.models.loading import detect_family
+    from lora_kit.models.loading import detect_family  # lazy: diffusers + transformers, not for --help
 
     return detect_family(dict(pipe.unet.config), dict(pipe.scheduler.config))
 
 
 def _check_family(parsed, family: str, path: str) -> None:
-    from lora_kit.adapters.formats import SDXL
-
     if parsed.family is None:
         parsed.family = family
     elif (parsed.family == SDXL) != (family == SDXL):
@@ -77,13 +85,6 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
                 allow_pickle: bool = False, dtype: str = "fp32", single_file: bool = False) -> Path:
     """Fuse `loras` [(file, scale)] into `base` and save the pipeline to `out` (atomically): a diffusers
     folder, or with `single_file` one LDM .safetensors checkpoint (lora_kit.adapters.single_file)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from lora_kit.adapters import lycoris
-    from lora_kit.adapters.io import read_lora_file, write_diffusers_lora
-    from lora_kit.adapters.lycoris import ParsedLycoris
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --force to replace it")
@@ -114,16 +115,12 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
         lycoris.apply(parsed, {c: getattr(pipe, c) for c in components}, scale)
     pipe.to(torch_dtype)
     if single_file:
-        from lora_kit.adapters.single_file import save_single_file
-
         merged = json.dumps([{"lora": Path(p).name, "scale": s} for p, s in loras])  # file names, never paths
         return save_single_file(pipe, family, out, {"format": "pt", "lora_kit.merged": merged})
     return _save_pipeline(pipe, out)
 
 
 def _save_pipeline(pipe, out: Path) -> Path:
-    from lora_kit.utils import save_pretrained_atomic
-
     return save_pretrained_atomic(pipe, out)
 
 

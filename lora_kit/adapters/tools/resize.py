@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from lora_kit.errors import UserError
 
 
@@ -35,7 +37,7 @@ class ModuleReport:
 
 def _factor(down, up):
     """Singular triplets of up @ down (down: [r, in...], up: [out, r...]) in float64."""
-    import torch
+    import torch  # lazy: torch takes seconds; this command module is imported for `lora-kit resize --help`
 
     d = down.reshape(down.shape[0], -1).double()
     u = up.reshape(up.shape[0], -1).double()
@@ -46,7 +48,7 @@ def _factor(down, up):
 
 
 def _pick_rank(s, rank: int, dynamic_energy: float | None) -> int:
-    import torch
+    import torch  # lazy: kept out of `lora-kit resize --help`
 
     total = float((s**2).sum())
     cap = max(1, min(rank, s.numel()))
@@ -59,7 +61,7 @@ def _pick_rank(s, rank: int, dynamic_energy: float | None) -> int:
 
 def resize_module(down, up, alpha: float, rank: int, dynamic_energy: float | None = None):
     """(new_down, new_up, new_alpha, ModuleReport-less stats) for one module."""
-    import torch
+    import torch  # lazy: kept out of `lora-kit resize --help`
 
     old_rank = down.shape[0]
     U, s, Vh = _factor(down, up)
@@ -76,9 +78,7 @@ def resize_module(down, up, alpha: float, rank: int, dynamic_energy: float | Non
 
 def resize_parsed(parsed, rank: int, dynamic_energy: float | None = None):
     """(resized ParsedLora, [ModuleReport]); DoRA magnitudes would no longer match, so they are refused."""
-    from tqdm.auto import tqdm
-
-    from lora_kit.adapters.formats import ParsedLora
+    from lora_kit.adapters.formats import ParsedLora  # lazy: imports torch, kept out of `lora-kit resize --help`
 
     if rank < 1:
         raise UserError("--rank must be at least 1")
@@ -119,7 +119,7 @@ def add_arguments(parser) -> None:
 
 
 def _update_metadata(meta: dict, parsed, new, rank: int, dynamic: float | None) -> dict:
-    from lora_kit.adapters.io import _summary_rank_alpha
+    from lora_kit.adapters.io import _summary_rank_alpha  # lazy: imports torch, not for --help
 
     out = {k: v for k, v in meta.items() if not k.startswith("sshs_")}
     dim, alpha = _summary_rank_alpha(new)
@@ -131,6 +131,7 @@ def _update_metadata(meta: dict, parsed, new, rank: int, dynamic: float | None) 
 
 
 def run(args) -> int:
+    # lazy: imports torch, kept out of `lora-kit resize --help`
     from lora_kit.adapters.io import read_lora_file, write_diffusers_lora, write_kohya_lora
 
     parsed = read_lora_file(args.lora)
