@@ -12,6 +12,9 @@ import json
 import re
 from dataclasses import dataclass
 
+from huggingface_hub import ModelCardData
+
+from lora_kit import __version__
 from lora_kit.publish.rundir import DIFFUSERS_FILE, Run
 from lora_kit.publish.settings import Details, fmt, top_tags, training_settings
 
@@ -62,8 +65,6 @@ def card_tags(run: Run, details: Details) -> list[str]:
 
 
 def card_data(run: Run, details: Details, widgets: list[Widget]):
-    from huggingface_hub import ModelCardData
-
     entries = []
     for w in widgets:
         entry = {"text": w.prompt, "output": {"url": w.url}}
@@ -91,8 +92,6 @@ def render_card(run: Run, details: Details, repo_id: str, widgets: list[Widget],
 
 
 def _version() -> str:
-    from lora_kit import __version__
-
     return __version__
 
 

@@ -17,10 +17,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from lora_kit import __version__
+from lora_kit.adapters.hashes import file_hashes
 from lora_kit.errors import UserError
 from lora_kit.publish import privacy, stage
 from lora_kit.publish.rundir import Run, SampleImage
 from lora_kit.publish.settings import Details, civitai_base_model, fmt, training_settings
+from lora_kit.utils import atomic_write, atomic_write_json, atomic_write_text
 
 UPLOAD_GUIDE = "civitai-upload.txt"
 
@@ -44,8 +49,6 @@ def build_civitai_bundle(run: Run, details: Details, out_zip: str | Path, *, ove
 
 
 def stage_bundle(run: Run, details: Details, folder: Path) -> list[str]:
-    from lora_kit.adapters.hashes import file_hashes
-
     kohya = run.kohya_file.name
     privacy.copy_safetensors(run.kohya_file, folder / kohya)
     images = []
@@ -59,8 +62,6 @@ def stage_bundle(run: Run, details: Details, folder: Path) -> list[str]:
         names.append("previews/grid.png")
     hashes = file_hashes(folder / kohya)
     sidecar = sidecar_json(run, details, (folder / kohya).stat().st_size, hashes, images)
-    from lora_kit.utils import atomic_write_json, atomic_write_text
-
     atomic_write_json(folder / f"{run.name}.civitai.json", sidecar)
     atomic_write_text(folder / UPLOAD_GUIDE, upload_guide(run, details, hashes))
     return names + [f"{run.name}.civitai.json", UPLOAD_GUIDE]
@@ -77,8 +78,6 @@ def _image_meta(cell: SampleImage, parameters: str) -> dict:
 
 
 def sidecar_json(run: Run, details: Details, size: int, hashes: dict, images: list) -> dict:
-    from lora_kit import __version__
-
     precision = run.recipe.save.precision if run.recipe else "fp16"
     return {
         "name": details.title,
@@ -138,10 +137,6 @@ def _zip_time(run: Run) -> tuple:
 
 
 def _write_zip(folder: Path, names: list[str], out_zip: Path, date_time: tuple) -> None:
-    from tqdm.auto import tqdm
-
-    from lora_kit.utils import atomic_write
-
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as zf:
             for name in tqdm(names, desc="civitai zip", unit="file", disable=None):

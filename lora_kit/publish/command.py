@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: the publish modules import torch (via lora_kit.adapters.io); `lora-kit publish --help` does not
     from lora_kit.publish.rundir import load_run
     from lora_kit.publish.settings import describe
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _civitai(run_dir, details, args) -> int:
-    from lora_kit.publish.civitai import build_civitai_bundle
+    from lora_kit.publish.civitai import build_civitai_bundle  # lazy: torch, kept out of --help
 
     names = build_civitai_bundle(run_dir, details, args.civitai, overwrite=args.overwrite)
     print(f"wrote {args.civitai} ({len(names)} files):")
@@ -51,7 +52,7 @@ def _civitai(run_dir, details, args) -> int:
 
 
 def _hub(run_dir, details, args) -> int:
-    from lora_kit.publish import hub
+    from lora_kit.publish import hub  # lazy: torch, kept out of --help
 
     repo_id = hub.check_repo_id(args.hub)
     # The default folder is lora-kit's own output inside the run, so it is rebuilt on every publish.

@@ -15,12 +15,15 @@ import os
 import re
 from pathlib import Path
 
+from huggingface_hub import constants
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from lora_kit.errors import UserError
 from lora_kit.publish import privacy, stage
 from lora_kit.publish.card import Widget, render_card
 from lora_kit.publish.rundir import DIFFUSERS_FILE, Run
 from lora_kit.publish.settings import Details
-from lora_kit.utils import atomic_dir
+from lora_kit.utils import atomic_dir, atomic_write_text
 
 MAX_WIDGETS = 8
 
@@ -55,8 +58,6 @@ def _fill(run: Run, details: Details, repo_id: str, folder: Path) -> None:
             rel = f"images/{i:02d}-seed{cell.seed if cell.seed is not None else 0}.png"
             privacy.copy_png(cell.path, folder / rel, {"parameters": stage.cell_parameters(run, cell)})
             widgets.append(Widget(privacy.scrub_text(cell.prompt), rel, privacy.scrub_text(cell.negative_prompt)))
-    from lora_kit.utils import atomic_write_text
-
     atomic_write_text(folder / "README.md", render_card(run, details, repo_id, widgets, grid_url))
 
 
@@ -70,14 +71,10 @@ def list_files(folder: Path) -> list[tuple[str, int]]:
 def hub_endpoint() -> str:
     """HF_ENDPOINT read now: huggingface_hub reads it once at import, which would ignore a later change
     (and takes an empty HF_ENDPOINT literally, which breaks every URL)."""
-    from huggingface_hub import constants
-
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT or "https://huggingface.co").rstrip("/")
 
 
 def check_repo_id(repo_id: str) -> str:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -89,6 +86,7 @@ def upload(folder: Path, repo_id: str, *, private: bool = False, revision: str |
            commit_message: str = "Upload LoRA with lora-kit") -> str:
     """create_repo(exist_ok) + upload_folder; returns the commit URL. The token is huggingface_hub's own
     (HF_TOKEN or `hf auth login`), never read or stored by lora-kit."""
+    # lazy: huggingface_hub's HTTP client (~0.4 s) loads only for an actual upload, not --dry-run or civitai
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 

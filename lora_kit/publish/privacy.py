@@ -21,6 +21,12 @@ import struct
 import tempfile
 from pathlib import Path
 
+from huggingface_hub import get_token
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from safetensors.torch import load_file
+
+from lora_kit.adapters.hashes import precalculate_hashes
 from lora_kit.adapters.metadata import RECIPE_KEY, scrub_paths, scrub_recipe
 from lora_kit.errors import UserError
 from lora_kit.utils import atomic_write
@@ -103,10 +109,6 @@ def _ss(metadata: dict) -> dict:
 
 
 def _kohya_hashes(src: Path, metadata: dict) -> tuple[str, str]:
-    from safetensors.torch import load_file
-
-    from lora_kit.adapters.hashes import precalculate_hashes
-
     return precalculate_hashes(load_file(str(src)), metadata)
 
 
@@ -116,9 +118,6 @@ def _kohya_hashes(src: Path, metadata: dict) -> tuple[str, str]:
 def copy_png(src: Path, dst: Path, extra_text: dict[str, str] | None = None) -> dict[str, str]:
     """Re-save a PNG keeping only its text chunks (scrubbed; `extra_text` replaces or adds chunks):
     EXIF/XMP and other chunks are dropped."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
     with Image.open(src) as im:
         im.load()
         text = {k: scrub_text(str(v)) for k, v in (getattr(im, "text", {}) or {}).items()}
@@ -155,8 +154,6 @@ def secrets() -> list[str]:
     """Access tokens this process could see (environment and the huggingface_hub login)."""
     found = [os.environ.get(k, "") for k in TOKEN_ENV]
     try:
-        from huggingface_hub import get_token
-
         found.append(get_token() or "")
     except Exception:  # noqa: BLE001 - no login is not an error here
         pass
@@ -171,8 +168,6 @@ def _texts(path: Path) -> list[str]:
         # Metadata values themselves (one JSON level less than the header), so escaped paths still match.
         return [json.dumps(header, ensure_ascii=False), *map(str, meta), *map(str, meta.values())]
     if path.suffix == ".png":
-        from PIL import Image
-
         with Image.open(path) as im:
             im.load()
             return [f"{k}\n{v}" for k, v in (getattr(im, "text", {}) or {}).items()]

@@ -13,10 +13,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME as DIFFUSERS_FILE
 from lora_kit.config.load import recipe_from_dict
 from lora_kit.config.schema import Recipe
 from lora_kit.errors import UserError
+from lora_kit.infer.parameters import parse_parameters, strip_lora_tags
 from lora_kit.summary import FILE as SUMMARY_FILE, RunSummary
 
 RECIPE_FILE = "recipe.toml"
@@ -183,8 +186,6 @@ def _cells_from_manifest(step_dir: Path, manifest: dict) -> list[SampleImage]:
 
 
 def _cells_from_pngs(step_dir: Path) -> list[SampleImage]:
-    from lora_kit.infer.parameters import parse_parameters
-
     out = []
     folder = step_dir / "cells" if (step_dir / "cells").is_dir() else step_dir
     for image in sorted(folder.glob("*.png")):
@@ -203,14 +204,10 @@ def _cells_from_pngs(step_dir: Path) -> list[SampleImage]:
 
 
 def _strip_tags(prompt: str) -> str:
-    from lora_kit.infer.parameters import strip_lora_tags
-
     return strip_lora_tags(prompt)
 
 
 def png_parameters(path: Path) -> str:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return str(getattr(im, "text", {}).get("parameters", ""))

@@ -10,8 +10,10 @@ import datetime
 import re
 from dataclasses import dataclass
 
+from lora_kit.errors import UserError
 from lora_kit.models.family import FAMILIES, SD2, SD2V, family
-from lora_kit.publish.rundir import Run, base_model_label, is_builtin_base
+from lora_kit.publish.privacy import scrub_text
+from lora_kit.publish.rundir import Run, as_hub_id, base_model_label, hub_base_model, is_builtin_base
 
 FAMILY_NAMES = {name: family(name).label for name in FAMILIES}  # card labels, from models.family
 
@@ -132,15 +134,10 @@ class Details:
 
 def describe(run: Run, title: str | None = None, license: str | None = None, base_model: str | None = None,
              weight: float | None = None) -> Details:
-    from lora_kit.publish.privacy import scrub_text
-    from lora_kit.publish.rundir import as_hub_id, hub_base_model
-
     hub = hub_base_model(run)
     if base_model:
         hub = as_hub_id(base_model)
         if hub is None:
-            from lora_kit.errors import UserError
-
             raise UserError(f"--base-model must be a Hub repo id like owner/name, got {base_model!r}")
     return Details(
         title=scrub_text(title or run.save_field("title") or run.name),

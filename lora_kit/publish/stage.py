@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lora_kit.adapters.hashes import file_addnet_hash
+from lora_kit.infer.parameters import format_parameters, parse_parameters, strip_lora_tags
 from lora_kit.publish.rundir import Run, SampleImage
 
 
@@ -43,13 +45,9 @@ def cell_parameters(run: Run, cell: SampleImage) -> str:
     `<lora:<name>:w>` with "Lora hashes" (the first 12 hex digits of the addnet hash, as A1111 writes).
     A cell without text gets one rebuilt from the grid manifest.
     """
-    from lora_kit.adapters.hashes import file_addnet_hash
-
     short = file_addnet_hash(run.kohya_file)[:12]
     if cell.parameters:
         return retarget_parameters(cell.parameters, run.name, short)
-    from lora_kit.infer.parameters import format_parameters
-
     f = cell.fields
     size = f.get("size") or (f"{f['width']}x{f['height']}" if "width" in f and "height" in f else None)
     if isinstance(size, (list, tuple)):
@@ -62,8 +60,6 @@ def cell_parameters(run: Run, cell: SampleImage) -> str:
 
 def retarget_parameters(text: str, name: str, short_hash: str) -> str:
     """`text` with its single LoRA renamed to `name` and hashed; texts with 0 or 2+ LoRAs are kept as is."""
-    from lora_kit.infer.parameters import format_parameters, parse_parameters, strip_lora_tags
-
     parsed = parse_parameters(text)
     loras = parsed.get("loras") or {}
     if len(loras) != 1:
