@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from safetensors import safe_open
+
 from lora_kit.errors import UserError
 from lora_kit.infer.parameters import fmt_number
 from lora_kit.infer.schedulers import canonical_sampler_name
@@ -103,8 +105,6 @@ _SECONDARY = ("_diffusers", "pytorch_lora_weights")  # same adapter as the kohya
 
 def _is_lora_file(path: Path) -> bool:
     """Header-only check that every tensor is a LoRA tensor (accelerate's model.safetensors is not)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())

@@ -16,7 +16,9 @@ import glob
 from pathlib import Path
 
 from lora_kit.errors import UserError
+from lora_kit.infer.axes import discover_checkpoints
 from lora_kit.infer.defaults import resolve, sampling_defaults
+from lora_kit.infer.render import png_bytes
 from lora_kit.infer.spec import AXIS_KINDS, Axis, CellParams, ControlRef, GridSpec, LoraRef
 from lora_kit.world.evaluate import format_summary, guess_trigger, learn_concept_from_folder, parse_concept
 from lora_kit.world.grid_score import score_grid, write_scores
@@ -113,8 +115,6 @@ def parse_axis(text: str, prompts: list[str], seeds: list[int]) -> Axis:
 
 
 def _checkpoint_axis(values: str, target: str) -> Axis:
-    from lora_kit.infer.axes import discover_checkpoints
-
     items = [v.strip() for v in values.split(",") if v.strip()]
     if len(items) == 1 and Path(items[0]).is_dir():
         paths, labels = discover_checkpoints(items[0])
@@ -183,8 +183,8 @@ def build_spec(args) -> GridSpec:
 
 
 def _rerender(args) -> int:
+    # lazy: grid imports torch, diffusers and transformers (seconds); `lora-kit grid --help` does not need them
     from lora_kit.infer.grid import load_manifest, render_cell
-    from lora_kit.infer.render import png_bytes
 
     manifest = load_manifest(args.out)
     if not 0 <= args.rerender < len(manifest["cells"]):
@@ -199,7 +199,7 @@ def _rerender(args) -> int:
 def run(args) -> int:
     if args.rerender is not None:
         return _rerender(args)
-    from lora_kit.infer.grid import render_grid
+    from lora_kit.infer.grid import render_grid  # lazy: torch + diffusers, kept out of --help
 
     spec = build_spec(args)
     scoring = _scoring(args) if args.score else None  # before rendering: a bad --concept fails in a second

@@ -11,8 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from diffusers import ControlNetModel
 from PIL import Image
 
+from lora_kit.data.images import load_image
 from lora_kit.errors import UserError
 
 PREPROCESSORS = ("none", "canny")
@@ -120,7 +123,7 @@ def canny(image: Image.Image, low: float = 100, high: float = 200, backend: str 
     cv2 = None
     if backend != "numpy":
         try:
-            import cv2  # type: ignore[no-redef]
+            import cv2  # type: ignore[no-redef]  # lazy: optional backend (opencv is no dependency; numpy fallback)
         except ImportError:
             if backend == "opencv":
                 raise
@@ -147,8 +150,6 @@ def prepare_control_image(
     if isinstance(source, Image.Image):
         image = source.convert("RGB")
     else:
-        from lora_kit.data.images import load_image
-
         path = Path(source).expanduser()
         if not path.is_file():
             raise UserError(f"control image {source} does not exist")
@@ -159,9 +160,6 @@ def prepare_control_image(
 
 def load_controlnet(spec: str, dtype=None):
     """A ControlNetModel from a diffusers folder, a single .safetensors file or a Hub id."""
-    import torch
-    from diffusers import ControlNetModel
-
     dtype = dtype or torch.float32
     path = Path(spec).expanduser()
     if path.is_file():

@@ -23,14 +23,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from lora_kit.errors import UserError
 from lora_kit.infer.axes import apply_axis, value_label
+from lora_kit.infer.html import write_html
+from lora_kit.infer.metrics import ClipScorer, pixel_distance
 from lora_kit.infer.parameters import controlnet_field, fmt_number, format_parameters, strip_lora_tags
 from lora_kit.infer.pipeline import LoraPipeline, ModelInfo, model_display_name
 from lora_kit.infer.render import Layout, compose_grid, plan_layout, save_png
 from lora_kit.infer.schedulers import canonical_sampler_name
-from lora_kit.infer.spec import Axis, CellParams, GridSpec, cell_from_dict, cell_to_dict, portable_path
+from lora_kit.infer.spec import Axis, CellParams, GridSpec, cell_from_dict, cell_to_dict, local_path, portable_path
 from lora_kit.runtime import ThreadGovernor
 from lora_kit.utils import atomic_write_json
 
@@ -153,8 +156,6 @@ def _claim_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _generate_all(pipe: LoraPipeline, params: list[CellParams], spec: GridSpec, progress: bool) -> tuple[list, dict, float]:
-    from tqdm.auto import tqdm
-
     images: list = [None] * len(params)
     batch_of: dict[int, dict] = {}
     t0 = time.perf_counter()
@@ -176,8 +177,6 @@ def _generate_all(pipe: LoraPipeline, params: list[CellParams], spec: GridSpec, 
 
 def render_grid(spec: GridSpec, out_dir: str | Path, *, pipeline: LoraPipeline | None = None, overwrite: bool = False, progress: bool = True) -> GridResult:
     """Render every cell of `spec` and write grid.png, cells/, grid.json and grid.html to `out_dir`."""
-    from lora_kit.infer.html import write_html
-
     out = Path(out_dir)
     _claim_out_dir(out, overwrite)
     pipe = pipeline or LoraPipeline.load(spec.model, spec.base.controls, dtype=spec.dtype, device=spec.device, single_file_config=spec.single_file_config)
@@ -237,8 +236,6 @@ def _portable_axes(axes: dict, out: Path) -> dict:
 
 
 def _metrics(images: list, params: list[CellParams], ref_of: list, n: int, spec: GridSpec, device: str) -> list[dict]:
-    from lora_kit.infer.metrics import ClipScorer, pixel_distance
-
     out: list[dict] = [{} for _ in range(n)]
     for j in range(n):
         r = ref_of[j]
@@ -280,8 +277,6 @@ def render_cell(manifest: str | Path | dict, index: int, *, alone: bool = False,
     cell = m["cells"][index]
     params = cell_from_dict(cell["params"], root)
     if pipeline is None:
-        from lora_kit.infer.spec import local_path
-
         pipeline = LoraPipeline.load(local_path(m["model"]["source"], root), params.controls, dtype=m.get("dtype", "auto"))
     seeds = [params.seed] if alone else cell["batch"]["seeds"]
     position = 0 if alone else cell["batch"]["position"]

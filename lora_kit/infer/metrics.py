@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
 
 from lora_kit.errors import UserError
 
@@ -31,8 +33,6 @@ class ClipScorer:
     """CLIP score of (image, prompt) pairs with a local transformers CLIPModel + CLIPProcessor folder."""
 
     def __init__(self, path: str, device: str = "cpu"):
-        from transformers import CLIPModel, CLIPProcessor
-
         if not Path(path).expanduser().exists() and path.startswith((".", "/", "~")):
             raise UserError(f"CLIP model folder {path} does not exist")
         try:
@@ -46,8 +46,6 @@ class ClipScorer:
         self.device = device
 
     def score(self, images: list[Image.Image], prompts: list[str], batch_size: int = 16) -> list[float]:
-        import torch
-
         out: list[float] = []
         max_len = self.model.config.text_config.max_position_embeddings
         for i in range(0, len(images), batch_size):

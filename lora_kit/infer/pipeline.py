@@ -25,14 +25,24 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
+import torch
+from diffusers.utils import logging as dlog, scale_lora_layers, unscale_lora_layers
+from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
+from safetensors import safe_open
+from transformers.utils import logging as tlog
 
 from lora_kit.adapters import lycoris
+from lora_kit.adapters.hashes import autov2
+from lora_kit.adapters.io import _sniff, read_lora_file
 from lora_kit.errors import UserError
 from lora_kit.infer.control import load_controlnet, prepare_control_image
 from lora_kit.infer.schedulers import make_scheduler
 from lora_kit.infer.spec import CellParams, ControlRef, LoraRef
 from lora_kit.models.family import SDXL, model_native_size
+from lora_kit.models.loading import detect_family, load_model
+from lora_kit.models.text import sd_prompt_embeds
 from lora_kit.precision import runtime_dtype
 
 # (img2img, controlnet) -> diffusers class name; SDXL names get the "XL" infix.
@@ -50,8 +60,6 @@ def resolve_dtype(dtype: str | None, device: str):
 
 
 def resolve_device(device: str | None) -> str:
-    import torch
-
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -67,8 +75,6 @@ def model_display_name(spec: str) -> str:
 
 def lora_short_hash(path: str) -> str:
     """AutoV2 (first 10 hex of the file's SHA-256), the form Civitai resolves resources by."""
-    from lora_kit.adapters.hashes import autov2
-
     return autov2(path)
 
 
@@ -96,9 +102,6 @@ def _quiet_loaders():
     # a LoRA-only state dict is loaded into it, and diffusers logs "No LoRA keys associated to
     # CLIPTextModel" for U-Net-only LoRAs: both expected here, and the first reads like corruption.
     # Real problems (unmatched keys, shape mismatches) raise exceptions, which still propagate.
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
     levels = tlog.get_verbosity(), dlog.get_verbosity()
     tlog.set_verbosity_error()
     dlog.set_verbosity_error()
@@ -110,10 +113,6 @@ def _quiet_loaders():
 
 
 def _is_lycoris_file(path: str) -> bool:
-    from safetensors import safe_open
-
-    from lora_kit.adapters.io import _sniff
-
     if _sniff(Path(path)) != "safetensors":
         return False
     with safe_open(path, framework="pt") as f:  # key names only, no tensor is read
@@ -121,8 +120,6 @@ def _is_lycoris_file(path: str) -> bool:
 
 
 def _family_of(unet) -> str:
-    from lora_kit.models.loading import detect_family
-
     return detect_family(dict(unet.config), None)
 
 
@@ -151,8 +148,6 @@ class LoraPipeline:
     @classmethod
     def load(cls, model: str, controls: list[ControlRef] = (), *, dtype: str = "auto", device: str = "auto", single_file_config: str = "") -> LoraPipeline:
         """Base model (builtin:, diffusers folder, single file or Hub id) and the given ControlNets."""
-        from lora_kit.models.loading import load_model
-
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
         bundle = load_model(model, dtype=torch_dtype, single_file_config=single_file_config or None)
@@ -161,8 +156,6 @@ class LoraPipeline:
         path = Path(bundle.path)
         info = ModelInfo(model, model_display_name(model), bundle.family)
         if path.is_file():
-            from lora_kit.adapters.hashes import autov2
-
             info.hash = autov2(path)
         nets = {c.model: load_controlnet(c.model, torch_dtype).to(device) for c in controls}
         return cls(pipe, info, nets)
@@ -204,8 +197,6 @@ class LoraPipeline:
         return self._hashes.get(path, "")
 
     def _lora_layers(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         for comp in ("unet", "text_encoder", "text_encoder_2"):
             module = getattr(self.pipe, comp, None)
             if module is None:
@@ -222,8 +213,6 @@ class LoraPipeline:
                 self._snapshot[id(base)] = (base, base.weight.detach().to("cpu", copy=True), bias)
 
     def _restore_snapshot(self) -> None:
-        import torch
-
         with torch.no_grad():
             for base, weight, bias in self._snapshot.values():
                 base.weight.copy_(weight)
@@ -256,8 +245,6 @@ class LoraPipeline:
                 if not Path(lo.path).is_file():
                     raise UserError(f"LoRA file {lo.path} does not exist")
                 if _is_lycoris_file(lo.path):  # LoHa/LoKr: diffusers rejects them, applied by hand
-                    from lora_kit.adapters.io import read_lora_file
-
                     self._lycoris[lo.path] = read_lora_file(lo.path, unet_config=dict(self.pipe.unet.config))
                     continue
                 name = _adapter_name(lo.name, set(self._adapters.values()))
@@ -315,8 +302,6 @@ class LoraPipeline:
         """The pipeline class for this cell kind, sharing modules with the base pipeline."""
         key = (img2img, tuple(id(m) for m in controlnet_models))
         if key not in self._variants:
-            import diffusers
-
             cls_name = _VARIANTS[(img2img, bool(controlnet_models))].format("XL" if self.family == SDXL else "")
             cls = getattr(diffusers, cls_name)
             if not img2img and not controlnet_models:
@@ -333,8 +318,6 @@ class LoraPipeline:
 
     def generate(self, cells: list[CellParams], fuse: bool = True) -> list[Image.Image]:
         """One pipeline call for cells that differ only by seed and prompt (one torch.Generator each)."""
-        import torch
-
         first = cells[0]
         if any(c.batch_key() != first.batch_key() for c in cells[1:]):
             raise ValueError("generate() batches cells that differ only by seed and prompt")
@@ -396,16 +379,11 @@ def clip_skip_embeds(pipe, prompts: list[str], clip_skip: int, lora_scale: float
     norm as `text_encoder.text_model.final_layer_norm`, which transformers 5 no longer has; and it
     applies clip skip to the prompt only, while A1111 applies it to the negative prompt as well.
     """
-    import torch
-    from diffusers.utils import scale_lora_layers, unscale_lora_layers
-
     te, tok = pipe.text_encoder, pipe.tokenizer
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     mask = ids.attention_mask.to(te.device) if getattr(te.config, "use_attention_mask", False) else None
     if lora_scale is not None:
         scale_lora_layers(te, lora_scale)
-    from lora_kit.models.text import sd_prompt_embeds
-
     try:
         with torch.no_grad():
             return sd_prompt_embeds(te, ids.input_ids.to(te.device), clip_skip, mask)
@@ -416,8 +394,6 @@ def clip_skip_embeds(pipe, prompts: list[str], clip_skip: int, lora_scale: float
 
 def build_text2img(family: str, unet, vae, scheduler, text_encoders: list, tokenizers: list):
     """The family's text-to-image pipeline from loose components (no safety checker: offline toolkit)."""
-    import diffusers
-
     if family == SDXL:
         if len(text_encoders) != 2:
             raise UserError("an SDXL model needs two text encoders (text_encoder and text_encoder_2)")

@@ -9,6 +9,7 @@ prediction type and timestep offset carry over.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 
@@ -76,12 +77,11 @@ def canonical_sampler_name(name: str) -> str:
 
 def make_scheduler(name: str, base_config):
     """A fresh diffusers scheduler for `name`, configured from the model's scheduler config."""
+    # lazy: diffusers costs seconds; the sampler table is also read by grid-spec parsing (lora-kit grid, axes)
     import diffusers
 
     sampler = get_sampler(name)
     if sampler.needs:
-        import importlib.util
-
         if importlib.util.find_spec(sampler.needs) is None:
             raise missing_extra(sampler.needs, purpose=f"the {sampler.name} sampler")
     cls = getattr(diffusers, sampler.cls)

@@ -12,20 +12,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+from diffusers import ControlNetModel
+from safetensors.torch import save_file
+
+from lora_kit.utils import atomic_write
+
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def _linears(module, targets) -> list:
-    import torch
-
     return [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(tuple(f".{t}" for t in targets))]
 
 
 def random_lora_state_dict(unet, text_encoder=None, *, rank: int = 4, alpha: float | None = None, seed: int = 0, std: float = 0.3, fmt: str = "peft") -> dict:
     """A LoRA on every attention projection: A ~ N(0, 1/in), B ~ N(0, std^2); delta = alpha/rank * B @ A."""
-    import torch
-
     if fmt not in ("peft", "kohya"):
         raise ValueError(f"fmt must be peft or kohya, not {fmt!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -53,10 +55,6 @@ def random_lora_state_dict(unet, text_encoder=None, *, rank: int = 4, alpha: flo
 
 def write_random_lora(path: str | Path, unet, text_encoder=None, **kwargs) -> Path:
     """Save `random_lora_state_dict(...)` as .safetensors (atomically)."""
-    from safetensors.torch import save_file
-
-    from lora_kit.utils import atomic_write
-
     sd = {k: v.contiguous() for k, v in random_lora_state_dict(unet, text_encoder, **kwargs).items()}
     return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata={"format": "pt"}))
 
@@ -64,9 +62,6 @@ def write_random_lora(path: str | Path, unet, text_encoder=None, **kwargs) -> Pa
 def random_controlnet(unet, vae_scale_factor: int, seed: int = 0, std: float = 0.1):
     """ControlNetModel.from_unet with seeded non-zero output convs; its conditioning embedding
     downsamples by `vae_scale_factor` so control images at pixel size match the latents."""
-    import torch
-    from diffusers import ControlNetModel
-
     downs = int(math.log2(vae_scale_factor))
     channels = (16, 32, 96, 256)[: downs + 1] if downs <= 3 else (16,) + (32,) * downs
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
