@@ -101,7 +101,7 @@ def bench_latents(n: int, workdir: Path) -> list[tuple[str, int, float]]:
     t0 = time.perf_counter()
     second = build_train_data(recipe, vae=vae)
     t_second = time.perf_counter() - t0
-    assert first.stats["latent_cache"]["computed"] == n and second.stats["latent_cache"]["computed"] == 0
+    assert first.stats.latent_cache["computed"] == n and second.stats.latent_cache["computed"] == 0
     t0 = time.perf_counter()
     for i in range(len(second.dataset)):
         second.dataset[i]

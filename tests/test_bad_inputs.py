@@ -154,7 +154,7 @@ def test_lying_header_is_skipped_and_counted_by_training_without_a_cache(tmp_pat
     with caplog.at_level(logging.WARNING):
         data = build_train_data(_recipe(root, tmp_path))  # no VAE: no latent cache, so the scan decodes
     assert sorted(s.record.rel for s in data.dataset.samples) == GOOD
-    assert data.stats["skipped"] == 1 and "pixel data ends" in data.stats["skipped_files"]["liar.png"]
+    assert data.stats.skipped == 1 and "pixel data ends" in data.stats.skipped_files["liar.png"]
     assert len(_lines(caplog.text, "liar.png")) == 1
 
 
@@ -166,7 +166,7 @@ def test_lying_header_is_dropped_by_the_latent_cache(tmp_path):
     vae = build_components("tiny-sd15", seed=0)["vae"].eval()
     data = build_train_data(_recipe(root, tmp_path), vae=vae)
     assert sorted(s.record.rel for s in data.dataset.samples) == GOOD
-    assert data.stats["latent_cache"]["failed"] == 1 and "liar.png" in data.stats["skipped_files"]
+    assert data.stats.latent_cache["failed"] == 1 and "liar.png" in data.stats.skipped_files
 
 
 def test_non_utf8_captions_are_decoded_with_a_warning_naming_the_file(tmp_path, caplog):

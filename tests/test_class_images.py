@@ -29,7 +29,7 @@ def test_class_images_are_rendered_once_cached_and_resumed(tmp_path, monkeypatch
     subset = pngs[0].parent
     assert subset.name == f"1_{PROMPT}"  # kohya's reg layout: <repeats>_<class>
     assert all((subset / f"{i:04d}.txt").read_text() == PROMPT + "\n" for i in range(3))
-    assert t.data.stats.num_reg_images == 3
+    assert t.data.data.stats.num_reg_images == 3
     meta = json.loads((subset.parent / "class_images.json").read_text())
     assert meta["prompt"] == PROMPT and meta["cfg"] == 7.0 and meta["size"] == 64 and len(meta["model"]) == 16
     first = [np.asarray(Image.open(p)) for p in pngs]
@@ -43,10 +43,10 @@ def test_class_images_are_rendered_once_cached_and_resumed(tmp_path, monkeypatch
     pngs = _reg_pngs(cache)
     assert [p.name for p in pngs] == ["0000.png", "0001.png", "0002.png", "0003.png"]
     assert np.array_equal(np.asarray(Image.open(subset / "0001.png")), first[1])  # seeded: the same picture again
-    assert pngs[0].stat().st_mtime_ns == stamps[0] and t.data.stats.num_reg_images == 4
+    assert pngs[0].stat().st_mtime_ns == stamps[0] and t.data.data.stats.num_reg_images == 4
     # Fewer than the cache holds: this run sees only its first reg_count.
     t = run_training(tmp_path / "d", over[:1] + ["dataset.reg_count=2", "train.max_steps=2"])
-    assert t.data.stats.num_reg_images == 2
+    assert t.data.data.stats.num_reg_images == 2
 
 
 def test_class_image_keys_are_checked():

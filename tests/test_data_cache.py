@@ -63,7 +63,7 @@ def _recipe(data_dir: Path, **changes) -> Recipe:
 
 
 def _computed(data_dir, vae, **changes) -> tuple[int, int]:
-    stats = build_train_data(_recipe(data_dir, **changes), vae=vae).stats["latent_cache"]
+    stats = build_train_data(_recipe(data_dir, **changes), vae=vae).stats.latent_cache
     return stats["computed"], stats["cached"]
 
 
@@ -234,8 +234,8 @@ def test_damage_the_scan_cannot_see_drops_the_image(data_dir, vae):
         raw[k] ^= 0x55
     path.write_bytes(bytes(raw))
     data = build_train_data(_recipe(data_dir), vae=vae)
-    assert data.stats["latent_cache"] == {"total": 3, "cached": 0, "computed": 2, "failed": 1}
-    assert data.stats["skipped"] == 1 and data.stats["num_train_files"] == 2
-    assert data.stats["skipped_files"] == {"b.png": "could not be decoded while caching latents"}
+    assert data.stats.latent_cache == {"total": 3, "cached": 0, "computed": 2, "failed": 1}
+    assert data.stats.skipped == 1 and data.stats.num_train_files == 2
+    assert data.stats.skipped_files == {"b.png": "could not be decoded while caching latents"}
     assert [Path(s.record.path).name for s in data.dataset.samples] == ["a.png", "c.png"]
     assert len(data.dataset) == 4 and len(data.bucket_ids) == 4

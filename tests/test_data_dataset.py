@@ -52,18 +52,18 @@ def test_items_repeats_reg_and_stats(world):
     ds = data.dataset
     assert len(ds) == 10 + 10 + 1 + 3 + 3 and len(data.bucket_ids) == len(ds)
     st = data.stats
-    assert (st["num_train_images"], st["num_reg_images"], st["num_train_files"], st["num_reg_files"]) == (21, 6, 3, 2)
-    assert st["folders"] == {"10_star": {"n_repeats": 10, "img_count": 2}, "1_circle": {"n_repeats": 1, "img_count": 1}}
-    assert st["reg_folders"] == {"reg": {"n_repeats": 3, "img_count": 2}}
-    assert st["tag_frequency"] == {
+    assert (st.num_train_images, st.num_reg_images, st.num_train_files, st.num_reg_files) == (21, 6, 3, 2)
+    assert st.folders == {"10_star": {"n_repeats": 10, "img_count": 2}, "1_circle": {"n_repeats": 1, "img_count": 1}}
+    assert st.reg_folders == {"reg": {"n_repeats": 3, "img_count": 2}}
+    assert st.tag_frequency == {
         "10_star": {"star": 2, "blue": 1, "centered": 1, "filled": 1, "outline": 1, "red": 1},
         "1_circle": {"circle": 1},
         "reg": {"a star": 2},
     }
-    assert st["skipped"] == 1 and list(st["skipped_files"]) == ["broken.png"]
-    assert st["bucket_histogram"] == {(48, 80): 1, (64, 64): 3, (80, 48): 1}
-    assert st["bucket_info"]["buckets"][1] == {"resolution": [64, 64], "count": 16}
-    assert st["missing_captions"] == 3 and st["static_captions"] is False and st["latent_cache"] is None
+    assert st.skipped == 1 and list(st.skipped_files) == ["broken.png"]
+    assert st.bucket_histogram == {(48, 80): 1, (64, 64): 3, (80, 48): 1}
+    assert st.bucket_info["buckets"][1] == {"resolution": [64, 64], "count": 16}
+    assert st.missing_captions == 3 and st.static_captions is False and st.latent_cache is None
     assert data.buckets == [(48, 80), (64, 64), (80, 48)]
 
     item = ds[0]  # first repeat of 10_star/s1.png
@@ -85,7 +85,7 @@ def test_items_repeats_reg_and_stats(world):
 def test_reg_balance_matches_the_training_samples_like_kohya(world):
     data = build_train_data(_recipe(world, reg_balance=True))  # 21 training samples, 2 reg images at 3 repeats
     reg = [s.record for s in data.dataset.samples if s.record.is_reg]
-    assert [r.repeats for r in reg] == [11, 10] and data.stats["num_reg_images"] == 21
+    assert [r.repeats for r in reg] == [11, 10] and data.stats.num_reg_images == 21
     assert len(data.dataset) == 42 and sum(item["is_reg"] for item in (data.dataset[i] for i in range(21, 42))) == 21
 
 
@@ -147,7 +147,7 @@ def test_cached_latents_are_seeded_draws(world):
     vae = build_components("tiny-sd15", seed=0)["vae"].eval()
     data = build_train_data(_recipe(world, flip_aug=True), vae=vae)
     ds = data.dataset
-    assert data.stats["latent_cache"] == {"total": 10, "cached": 0, "computed": 10, "failed": 0}
+    assert data.stats.latent_cache == {"total": 10, "cached": 0, "computed": 10, "failed": 0}
     item = ds[10]
     assert set(item) >= {"latents", "caption"} and "pixel_values" not in item
     assert item["latents"].shape == (4, 12, 20)
@@ -184,7 +184,7 @@ def test_validation_split(world):
     recipe = _recipe(world, validation_split=0.34, reg_path="")
     data = build_train_data(recipe)
     assert data.validation is not None and len(data.validation) == 1
-    assert data.stats["num_validation_images"] == 1 and data.stats["num_train_files"] == 2
+    assert data.stats.num_validation_images == 1 and data.stats.num_train_files == 2
     val = data.validation
     first = val[0]["caption"]
     val.set_epoch(5)

@@ -146,7 +146,7 @@ def test_trigger_word_goes_to_concept_images_only(tmp_path):
     # the text-embedding cache builds its keys with the same rule (train/data.py)
     static = [ds.transform.for_record(s.record, random.Random(0)) for s in ds.samples]
     assert sorted(set(static)) == ["a blue square", "a shape", "zyk, a red star"]
-    assert data.stats["static_captions"] is True
+    assert data.stats.static_captions is True
 
 
 def test_trigger_rule_with_augmentation(tmp_path):

@@ -75,7 +75,7 @@ def test_pixel_mode_masks_follow_the_image(tmp_path):
     base = _dataset(tmp_path)
     data = build_train_data(_recipe(base, flip_aug=True), cache=False)
     ds, idx = data.dataset, _by_name(data)
-    assert data.stats["masks"] == {"file": 1, "alpha": 1, "none": 1}
+    assert data.stats.masks == {"file": 1, "alpha": 1, "none": 1}
     ds.random_crop = True
     flips = set()
     for epoch in range(4):
@@ -102,7 +102,7 @@ def test_cached_masks_are_latent_sized_and_keyed_by_the_mask(tmp_path, vae):
     pixel = build_train_data(recipe, cache=False).dataset
     data = build_train_data(recipe, vae=vae)
     ds, idx = data.dataset, _by_name(data)
-    assert ds.cached and data.stats["latent_cache"]["masks_computed"] == 4  # a and b, each unflipped + flipped
+    assert ds.cached and data.stats.latent_cache["masks_computed"] == 4  # a and b, each unflipped + flipped
     for stem in "abc":
         item, ref = ds[idx[stem]], pixel[idx[stem]]  # same epoch and index: same flip
         assert item["mask"].shape == (1, *item["latents"].shape[1:])
@@ -110,12 +110,12 @@ def test_cached_masks_are_latent_sized_and_keyed_by_the_mask(tmp_path, vae):
         torch.testing.assert_close(item["mask"], want, atol=1e-6, rtol=0)
     sample = ds.samples[ds.index[idx["a"]]]
     latent_keys, mask_keys = sample.latent_keys, sample.mask_keys
-    assert build_train_data(recipe, vae=vae).stats["latent_cache"]["masks_computed"] == 0  # all cached
+    assert build_train_data(recipe, vae=vae).stats.latent_cache["masks_computed"] == 0  # all cached
 
     # an edited mask: new mask keys and values, the latents stay cached
     Image.fromarray(255 - _blob((96, 64), 1)).save(base / "data" / "1_star" / "a.mask.png")
     again = build_train_data(recipe, vae=vae)
-    assert again.stats["latent_cache"]["computed"] == 0 and again.stats["latent_cache"]["masks_computed"] == 2
+    assert again.stats.latent_cache["computed"] == 0 and again.stats.latent_cache["masks_computed"] == 2
     s2 = again.dataset.samples[again.dataset.index[idx["a"]]]
     assert s2.latent_keys == latent_keys and set(s2.mask_keys).isdisjoint(mask_keys)
     old, new = ds[idx["a"]]["mask"], again.dataset[idx["a"]]["mask"]
@@ -132,8 +132,8 @@ def test_undecodable_masked_image_is_dropped_like_any_other(tmp_path, vae):
         raw[k] ^= 0x55
     path.write_bytes(bytes(raw))
     data = build_train_data(_recipe(base), vae=vae)
-    assert data.stats["skipped_files"] == {"a.png": "could not be decoded while caching latents"}
-    assert data.stats["latent_cache"]["masks_computed"] == 1  # b's alpha mask only
+    assert data.stats.skipped_files == {"a.png": "could not be decoded while caching latents"}
+    assert data.stats.latent_cache["masks_computed"] == 1  # b's alpha mask only
     assert sorted(s.record.name for s in data.dataset.samples) == ["b.png", "c.png"]
 
 

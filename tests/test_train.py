@@ -150,7 +150,7 @@ def test_validation_loss_is_fixed_and_does_not_change_training(tmp_path):
     a = load_file(str(tmp_path / "plain" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "val" / "pytorch_lora_weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # validating does not disturb training
-    assert val.data.stats.raw["num_validation_images"] == 4  # 20 images x 0.2
+    assert val.data.data.stats.num_validation_images == 4  # 20 images x 0.2
     first = val.last_val_loss
     assert first > 0
     # Same adapter, same fixed noise and timesteps: the validation loss is reproducible.
@@ -238,5 +238,5 @@ def test_captioned_imagefolder_trains(tmp_path):
     caption_dataset(folder, create_captioner("template", template="ohwx {stem}"), CaptionOptions(output="jsonl", progress=False))
     assert (folder / "metadata.jsonl").exists() and not list(folder.glob("*.txt"))
     t = run_training(tmp_path / "run", [f'dataset.path="{folder}"', "train.max_steps=2"])
-    assert t.data.stats.raw["kind"] == "imagefolder" and t.data.stats.num_train_images == 6
+    assert t.data.data.stats.kind == "imagefolder" and t.data.data.stats.num_train_images == 6
     assert t.global_step == 2

@@ -33,9 +33,9 @@ def run(args) -> int:
     vae = load_for_training(recipe.model, recipe.train.mixed_precision, device).vae
     data = build_train_data(recipe, vae=vae, device=device, dtype=vae.dtype)
     st = data.stats
-    lc = st["latent_cache"]
-    print(f"{st['num_train_files']} train + {st['num_reg_files']} reg + {st['num_validation_images']} validation images, "
-          f"{len(st['bucket_histogram'])} buckets, {st['skipped']} skipped")
+    lc = st.latent_cache
+    print(f"{st.num_train_files} train + {st.num_reg_files} reg + {st.num_validation_images} validation images, "
+          f"{len(st.bucket_histogram)} buckets, {st.skipped} skipped")
     print(f"latents: {lc['computed']} computed, {lc['cached']} already cached, {lc['failed']} failed "
           f"({lc['total']} entries, flip_aug={'on' if recipe.dataset.flip_aug else 'off'})")
     return 0

@@ -1,7 +1,8 @@
 """The training dataset: records placed in buckets, expanded by repeats, captions transformed per epoch.
 
 `build_train_data(recipe, vae)` is the one entry point the trainer needs: scan -> validation split ->
-bucket placement -> (latent cache) -> `LoraDataset` + bucket id per index + stats for the metadata.
+bucket placement -> (latent cache) -> `TrainData`: the `LoraDataset`, a bucket id per index and `DataStats`
+(what the run summary, the kohya metadata and the setup screen report).
 
 Every random choice of a sample is a function of (seed, epoch, index) only: caption shuffle/dropout,
 flip, per-epoch random crop (pixel mode) and the latent draw from the cached posterior. So the batches
@@ -206,10 +207,37 @@ def collate(batch: list[dict]) -> dict[str, Any]:
 
 
 @dataclass
+class DataStats:
+    """What the scan, the buckets and the latent cache found: the run summary, the kohya metadata and the
+    setup screen read these fields. Image counts follow kohya: `num_*_images` include repeats."""
+
+    num_train_images: int  # ss_num_train_images (with repeats)
+    num_reg_images: int  # ss_num_reg_images (with repeats)
+    num_train_files: int
+    num_reg_files: int
+    num_validation_images: int
+    folders: dict  # kohya ss_dataset_dirs {folder: {n_repeats, img_count}} (validation excluded)
+    reg_folders: dict
+    tag_frequency: dict  # kohya ss_tag_frequency {folder: {tag: count}}
+    bucket_histogram: dict  # (w, h) -> images
+    bucket_info: dict  # kohya ss_bucket_info shape, counts with repeats
+    mean_aspect_error: float
+    skipped: int
+    skipped_files: dict  # file name -> why
+    missing_captions: int
+    static_captions: bool  # every epoch's captions are the same (the text cache may be used)
+    latent_cache: Optional[dict]  # {"total", "cached", "computed", "failed"[, "masks_computed"]}; None: no cache
+    kind: str  # the scan's layout: kohya folders, imagefolder, ...
+    masks: Optional[dict] = None  # [loss] masked: images per mask source {"file", "alpha", "none"}
+
+
+@dataclass
 class TrainData:
+    """A run's dataset bundle, the only one: lora_kit.train.data iterates it, nothing re-wraps it."""
+
     dataset: LoraDataset
     bucket_ids: list[int]  # per dataset index (expanded by repeats), for BucketBatchSampler
-    stats: dict
+    stats: DataStats
     buckets: list[tuple[int, int]] = field(default_factory=list)  # bucket id -> (w, h)
     validation: Optional[LoraDataset] = None
     validation_bucket_ids: list[int] = field(default_factory=list)
@@ -367,7 +395,7 @@ def build_train_data(
     bucket_id = {b: i for i, b in enumerate(buckets)}
     stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, ds_cfg.tag_separator, dropped)
     if recipe.loss.masked:
-        stats["masks"] = _mask_counts(samples)
+        stats.masks = _mask_counts(samples)
     return TrainData(
         dataset=dataset,
         bucket_ids=[bucket_id[dataset.bucket_of(i)] for i in range(len(dataset))],
@@ -397,7 +425,7 @@ def _without_random_crop(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, buckets=dataclasses.replace(recipe.buckets, random_crop=False))
 
 
-def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, separator, dropped) -> dict:
+def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, separator, dropped) -> DataStats:
     train = [s for s in samples if not s.record.is_reg]
     reg = [s for s in samples if s.record.is_reg]
     skipped = dict(train_scan.skipped.skipped)
@@ -405,23 +433,23 @@ def _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, 
         skipped.update(reg_scan.skipped.skipped)
     skipped.update({r.name: "could not be decoded while caching latents" for r in dropped})
     scans = [train_scan] + ([reg_scan] if reg_scan else [])
-    return {
+    return DataStats(
         # kohya semantics: ss_num_train_images / ss_num_reg_images count repeats
-        "num_train_images": sum(s.record.repeats for s in train),
-        "num_reg_images": sum(s.record.repeats for s in reg),
-        "num_train_files": len(train),
-        "num_reg_files": len(reg),
-        "num_validation_images": len(val_samples),
-        "folders": folder_summary(s.record for s in train),  # kohya ss_dataset_dirs (validation excluded)
-        "reg_folders": folder_summary(s.record for s in reg),
-        "tag_frequency": _tag_frequency(scans, separator),
-        "bucket_histogram": bucket_histogram(s.placement for s in samples),
-        "bucket_info": _bucket_info(samples),
-        "mean_aspect_error": mean_aspect_error(s.placement for s in samples),
-        "skipped": len(skipped),
-        "skipped_files": {Path(k).name: v for k, v in skipped.items()},
-        "missing_captions": train_scan.missing_captions + (reg_scan.missing_captions if reg_scan else 0),
-        "static_captions": transform.is_static,
-        "latent_cache": cache_result,
-        "kind": train_scan.kind,
-    }
+        num_train_images=sum(s.record.repeats for s in train),
+        num_reg_images=sum(s.record.repeats for s in reg),
+        num_train_files=len(train),
+        num_reg_files=len(reg),
+        num_validation_images=len(val_samples),
+        folders=folder_summary(s.record for s in train),  # kohya ss_dataset_dirs (validation excluded)
+        reg_folders=folder_summary(s.record for s in reg),
+        tag_frequency=_tag_frequency(scans, separator),
+        bucket_histogram=bucket_histogram(s.placement for s in samples),
+        bucket_info=_bucket_info(samples),
+        mean_aspect_error=mean_aspect_error(s.placement for s in samples),
+        skipped=len(skipped),
+        skipped_files={Path(k).name: v for k, v in skipped.items()},
+        missing_captions=train_scan.missing_captions + (reg_scan.missing_captions if reg_scan else 0),
+        static_captions=transform.is_static,
+        latent_cache=cache_result,
+        kind=train_scan.kind,
+    )

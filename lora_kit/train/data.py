@@ -1,44 +1,37 @@
-"""Wiring the data pipeline into the loop: dataset, this process' sampler shard, cached text embeddings.
+"""Wiring the data pipeline into the loop: this process' sampler shard, cached text embeddings, batches.
 
-lora_kit.data builds datasets and caches; this module decides, for one run, what is cached (latents
-always when enabled; text embeddings only when captions are static and the text encoder is frozen) and
-iterates batches from an exact (epoch, batch) position so resume continues mid-epoch.
+lora_kit.data.dataset assembles the run's dataset (`TrainData`, with its `DataStats`); this module only
+decides, for one run, whether text embeddings are cached (when captions are static and the text encoder
+is frozen) and iterates batches from an exact (epoch, batch) position so resume continues mid-epoch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass
 from typing import Iterator
 
-import random
-
 import torch
+from tqdm.auto import tqdm
 
 from lora_kit.data.class_images import ensure_class_images
 from lora_kit.data.dataset import TrainData, build_train_data, collate
 from lora_kit.data.sampler import BucketBatchSampler
+from lora_kit.models.text import encode_prompts
 
 
 @dataclass
-class Stats:
-    num_train_images: int
-    num_reg_images: int
-    num_samples: int
-    skipped: int
-    bucket_histogram: dict
-    tag_frequency: dict
-    folders: dict
-    raw: dict = field(default_factory=dict)
+class BatchFeed:
+    """The loop's view of the data: `data` is the run's one dataset bundle (its stats included)."""
 
-
-@dataclass
-class TrainingData:
     data: TrainData
-    sampler: BucketBatchSampler
-    stats: Stats
-    latents_cached: bool
+    sampler: BucketBatchSampler  # this process' shard
     text_cached: bool
     text_embeds: dict | None = None  # caption -> {"prompt_embeds": (L, D), "pooled_prompt_embeds": (D,)}
+
+    @property
+    def latents_cached(self) -> bool:
+        return self.data.dataset.cached
 
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         """Batches of `epoch` for this process, from batch number `start_batch` on."""
@@ -89,10 +82,6 @@ def _text_cache_wanted(recipe, static: bool) -> bool:
 def _encode_all(trainer_bundle, captions: list[str], clip_skip: int, device, batch_size: int = 16) -> dict:
     """caption -> embeddings, computed once (text encoders frozen). Small enough to keep in memory:
     a few hundred distinct captions at 77x768 fp16 is tens of MB."""
-    from tqdm.auto import tqdm
-
-    from lora_kit.models.text import encode_prompts
-
     b = trainer_bundle
     table = {}
     uniq = sorted(set(captions))
@@ -105,7 +94,9 @@ def _encode_all(trainer_bundle, captions: list[str], clip_skip: int, device, bat
     return table
 
 
-def build_training_data(recipe, bundle, accelerator) -> TrainingData:
+def build_batch_feed(recipe, bundle, accelerator) -> BatchFeed:
+    """The run's `TrainData` (class images rendered first when asked), this process' sampler shard and,
+    when wanted, the text-embedding table."""
     acc = accelerator
     # [dataset] reg_prompt: the base renders the class images (cached) and they become the reg set
     recipe = ensure_class_images(recipe, bundle, acc)
@@ -114,10 +105,7 @@ def build_training_data(recipe, bundle, accelerator) -> TrainingData:
         num_processes=acc.num_processes, process_index=acc.process_index, barrier=acc.wait_for_everyone,
     )
     sampler = BucketBatchSampler(data.bucket_ids, recipe.train.batch_size, recipe.seed, acc.num_processes, acc.process_index)
-    st = data.stats
-    stats = Stats(st["num_train_images"], st["num_reg_images"], len(data.dataset), st["skipped"], st["bucket_histogram"],
-                  st["tag_frequency"], st["folders"], st)
-    text_cached = _text_cache_wanted(recipe, bool(st["static_captions"]))
+    text_cached = _text_cache_wanted(recipe, data.stats.static_captions)
     table = None
     if text_cached:
         ds = data.dataset
@@ -127,4 +115,4 @@ def build_training_data(recipe, bundle, accelerator) -> TrainingData:
             v = data.validation
             captions += [v.transform.for_record(s.record, random.Random(0)) for s in v.samples]
         table = _encode_all(bundle, captions, recipe.model.clip_skip, acc.device)
-    return TrainingData(data, sampler, stats, latents_cached=data.dataset.cached, text_cached=text_cached, text_embeds=table)
+    return BatchFeed(data, sampler, text_cached=text_cached, text_embeds=table)

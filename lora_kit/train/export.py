@@ -14,6 +14,7 @@ from lora_kit.adapters.blocks import kohya_network_args
 from lora_kit.adapters.inject import conv_alpha
 from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME as DIFFUSERS_FILE, write_adapter_files
 from lora_kit.config.load import recipe_to_dict
+from lora_kit.data.dataset import DataStats
 from lora_kit.errors import UserError
 from lora_kit.summary import FILE as SUMMARY_FILE, RunSummary
 from lora_kit.train.checkpoint import intact_note
@@ -22,7 +23,7 @@ from lora_kit.utils import describe_write_fault, is_write_fault
 
 
 
-def run_summary(recipe, bundle, stats, state, optimizer, num_processes: int) -> RunSummary:
+def run_summary(recipe, bundle, stats: DataStats, state, optimizer, num_processes: int) -> RunSummary:
     """Everything the kohya metadata builder and the publisher need to know about the run."""
     r, b = recipe, bundle
     opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer  # accelerate wraps it

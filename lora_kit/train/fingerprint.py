@@ -46,10 +46,10 @@ def recipe_fingerprint(recipe, num_processes: int) -> dict:
     return out
 
 
-def data_fingerprint(training_data) -> dict:
-    """The dataset manifest hash: each sample's folder, file name, caption, repeats, size and bucket,
-    in dataset order (not the absolute path, so a moved dataset folder still resumes)."""
-    ds = training_data.data.dataset
+def data_fingerprint(train_data) -> dict:
+    """The dataset manifest hash of a `TrainData`: each sample's folder, file name, caption, repeats, size
+    and bucket, in dataset order (not the absolute path, so a moved dataset folder still resumes)."""
+    ds = train_data.dataset
     h = hashlib.sha256()
     for s in ds.samples:
         rec, pl = s.record, s.placement

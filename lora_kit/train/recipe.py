@@ -25,7 +25,7 @@ from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among t
 from lora_kit.runtime import ThreadGovernor, configure_threads
 from lora_kit.train import checkpoint as ckpt
 from lora_kit.train.compile import compile_unet
-from lora_kit.train.data import build_training_data
+from lora_kit.train.data import build_batch_feed
 from lora_kit.train.ema import build_ema
 from lora_kit.train.export import export_adapters, run_summary
 from lora_kit.train.hooks import register_adapter_hooks
@@ -118,7 +118,7 @@ class LoraTrainer:
             te.to(self.accelerator.device)
 
     def _build_data(self) -> None:
-        self.data = build_training_data(self.recipe, self.bundle, self.accelerator)
+        self.data = build_batch_feed(self.recipe, self.bundle, self.accelerator)  # .data: the TrainData
         r = self.recipe
         per_epoch = math.ceil(len(self.data.sampler) / r.train.gradient_accumulation_steps)
         self.state.steps_per_epoch = max(per_epoch, 1)
@@ -158,7 +158,9 @@ class LoraTrainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, r.scheduler, self.state.total_steps, self.accelerator.num_processes)
 
     def _register_checkpoint_hooks(self) -> None:
-        register_adapter_hooks(self)
+        # A callable, not the modules: acc.prepare wraps the U-Net (and a trained text encoder) after this.
+        register_adapter_hooks(self.accelerator, lambda: (self.unet, self.text_encoders),
+                               self.recipe.network.train_text_encoder, self.ema)
 
     def _step_context(self) -> StepContext:
         r, b = self.recipe, self.bundle
@@ -171,7 +173,7 @@ class LoraTrainer:
         )
 
     def _maybe_resume(self) -> None:
-        self.run.check_data(self.data, self.accelerator.print)  # dataset manifest hash vs the checkpoint's
+        self.run.check_data(self.data.data, self.accelerator.print)  # dataset manifest hash vs the checkpoint's
         path = self.run.resume_path  # chosen and verified by run.open (stale partials already removed)
         if path is None:
             return
@@ -292,7 +294,7 @@ class LoraTrainer:
         unet = acc.unwrap_model(self.unet)
         tes = [acc.unwrap_model(te) for te in self.text_encoders]
         unet_sd, te_sds = adapter_state_dicts(unet, tes, r.network.train_text_encoder)
-        summary = run_summary(r, self.bundle, self.data.stats, self.state, self.optimizer, acc.num_processes)
+        summary = run_summary(r, self.bundle, self.data.data.stats, self.state, self.optimizer, acc.num_processes)
         return export_adapters(self.out, r, summary, unet_sd, te_sds, self.adapters, dict(unet.config), self.run, suffix=suffix)
 
     def save(self) -> dict:

@@ -44,17 +44,17 @@ class SetupFacts:
 def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file=None) -> None:
     """The one-screen summary at the start of a run (main process)."""
     r, b, d = recipe, bundle, data
-    stats = d.stats
+    stats = d.data.stats
     hist = ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(stats.bucket_histogram.items()))
     global_batch = r.train.batch_size * acc.num_processes * r.train.gradient_accumulation_steps
     lines = [
         "=" * 72,
         f"lora-kit train  {r.name}  ->  {out}",
         f"model       {b.source}  [{b.family}, {b.prediction_type}]",
-        f"dataset     {r.dataset.path}: {stats.raw.get('num_train_files', '?')} images"
-        + (f" + {stats.raw.get('num_reg_files')} reg" if stats.num_reg_images else "")
-        + f", {stats.num_samples} samples/epoch with repeats, {stats.skipped} skipped"
-        + (f", {stats.raw.get('num_validation_images')} held out" if stats.raw.get("num_validation_images") else ""),
+        f"dataset     {r.dataset.path}: {stats.num_train_files} images"
+        + (f" + {stats.num_reg_files} reg" if stats.num_reg_images else "")
+        + f", {len(d.data.dataset)} samples/epoch with repeats, {stats.skipped} skipped"
+        + (f", {stats.num_validation_images} held out" if stats.num_validation_images else ""),
         f"buckets     {hist}",
         f"steps       {state.total_steps} ({state.steps_per_epoch}/epoch), batch {r.train.batch_size} x "
         f"{acc.num_processes} proc x {r.train.gradient_accumulation_steps} accum = {global_batch}",
