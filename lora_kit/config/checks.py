@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from lora_kit.adapters.blocks import PRESETS, is_preset
 from lora_kit.config.bucket_rules import bucket_problems
 from lora_kit.config.schema import Recipe
 from lora_kit.errors import UserError
+from lora_kit.paths import is_builtin, resolve_dataset_path
 
 
 def _fail(recipe: Recipe, key: str, msg: str) -> None:
@@ -86,8 +90,6 @@ def check_lycoris(r: Recipe) -> None:
 def check_block_weights(r: Recipe) -> None:
     """kohya's block lists and LoRA+. Lengths depend on the U-Net (SD1 25, SDXL 23, tiny U-Nets fewer) and
     are checked against it when the adapters are injected (lora_kit.adapters.blocks); here the values."""
-    from lora_kit.adapters.blocks import PRESETS, is_preset
-
     n, o = r.network, r.optimizer
     for key in ("block_dims", "conv_block_dims"):
         if any(v < 0 for v in getattr(n, key)):
@@ -124,10 +126,6 @@ def check_ema(r: Recipe) -> None:
 
 def check_paths(r: Recipe) -> None:
     """Paths that must exist before a run starts (separate so shipped templates validate without data)."""
-    from pathlib import Path
-
-    from lora_kit.paths import is_builtin, resolve_dataset_path
-
     for key, value in (("[dataset] path", r.dataset.path), ("[dataset] reg_path", r.dataset.reg_path)):
         if value and not resolve_dataset_path(value).exists():
             _fail(r, key, f"{value} does not exist (expected a folder of images, builtin:NAME or a dataset folder)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lora_kit.config.load import dump_recipe, load_recipe
+
 
 def add_arguments(p) -> None:
     p.add_argument("recipe", help="recipe TOML file or the name of a shipped recipe (e.g. tiny-smoke)")
@@ -9,7 +11,5 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from lora_kit.config.load import dump_recipe, load_recipe
-
     print(dump_recipe(load_recipe(args.recipe, args.overrides)), end="")
     return 0

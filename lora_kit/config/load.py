@@ -14,8 +14,13 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+import tomli_w
+
+from lora_kit.config.checks import check_recipe
 from lora_kit.config.schema import Recipe
 from lora_kit.errors import UserError
+from lora_kit.paths import resolve_recipe_path
+from lora_kit.utils import atomic_write_text
 
 
 class RecipeError(UserError):
@@ -123,8 +128,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    from lora_kit.paths import resolve_recipe_path
-
     p = resolve_recipe_path(str(path))
     source = str(path)
     if not p.is_file():
@@ -141,8 +144,6 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", overrides: list[str] 
     recipe = _build(Recipe, data, source)
     recipe.source = source
     recipe.output_dir = recipe.output_dir.replace("{name}", recipe.name)
-    from lora_kit.config.checks import check_recipe
-
     check_recipe(recipe)
     return recipe
 
@@ -154,13 +155,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    import tomli_w
-
     header = f"# resolved lora-kit recipe (from {Path(recipe.source).name if recipe.source else 'defaults'})\n"
     return header + tomli_w.dumps(recipe_to_dict(recipe))
 
 
 def write_resolved(recipe: Recipe, out_dir: str | Path) -> Path:
-    from lora_kit.utils import atomic_write_text
-
     return atomic_write_text(Path(out_dir) / "recipe.toml", dump_recipe(recipe))

@@ -15,8 +15,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from accelerate import init_empty_weights
+from diffusers import UNet2DConditionModel
+from huggingface_hub import try_to_load_from_cache
+
+from lora_kit.adapters.inject import CONV_TARGETS, unet_target_modules
 from lora_kit.config.checks import _fail, check_paths
 from lora_kit.config.schema import Recipe
+from lora_kit.models.loading import resolve_model
+from lora_kit.paths import cache_dir, is_builtin
 
 MARGIN = 16 << 20  # bytes kept free beyond one checkpoint's estimate (recipe.toml, summary, logs)
 
@@ -62,8 +70,6 @@ def check_writable_folder(r: Recipe, key: str, folder: Path, need_bytes: int = 0
 
 
 def check_locations(r: Recipe, checkpoint_size: int = 0) -> None:
-    from lora_kit.paths import cache_dir
-
     check_writable_folder(r, "output_dir", Path(r.output_dir), checkpoint_size)
     if r.cache.latents or r.cache.text != "off":
         check_writable_folder(r, "[cache] dir", Path(r.cache.dir) if r.cache.dir else cache_dir() / "cache")
@@ -81,12 +87,8 @@ def checkpoint_bytes(r: Recipe, lora_params: int) -> int:
 def model_configs(r: Recipe) -> tuple[dict, dict] | None:
     """(U-Net config, VAE config) read without weights, or None when they cannot be read cheaply
     (single-file checkpoints, a Hub id not in the local cache): the run then finds out at load time."""
-    from lora_kit.paths import is_builtin
-
     spec = r.model.pretrained
     if is_builtin(spec):
-        from lora_kit.models.loading import resolve_model
-
         spec = resolve_model(spec)  # the shipped folder, or the tiny preset written once to the cache
     folder = Path(spec).expanduser()
     try:
@@ -97,8 +99,6 @@ def model_configs(r: Recipe) -> tuple[dict, dict] | None:
             return unet, vae
         if spec.endswith((".safetensors", ".ckpt")):
             return None
-        from huggingface_hub import try_to_load_from_cache
-
         found = [try_to_load_from_cache(spec, f"{sub}/config.json", revision=r.model.revision or None)
                  for sub in ("unet", "vae")]
         if all(isinstance(f, str) for f in found):
@@ -127,12 +127,6 @@ def check_model(r: Recipe, unet_config: dict, vae_config: dict) -> int:
 
 
 def _check_targets(r: Recipe, unet_config: dict) -> int:
-    import torch
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-
-    from lora_kit.adapters.inject import CONV_TARGETS, unet_target_modules
-
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(unet_config)
     targets = unet_target_modules(r.network)
