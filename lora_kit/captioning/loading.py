@@ -58,7 +58,7 @@ def hub_files(name: str, filenames: list[str], what: str) -> Path:
         return p
     if not looks_like_hub_id(name):
         raise UserError(f"{what} folder not found: {name}")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: the Hub download client, only for a Hub id
 
     try:
         folder = Path(snapshot_download(name, allow_patterns=filenames))
@@ -71,7 +71,7 @@ def hub_files(name: str, filenames: list[str], what: str) -> Path:
 
 def pick_device(device: str | None = None) -> str:
     """"auto"/None: the GPU when there is one, else the CPU."""
-    import torch
+    import torch  # lazy: this module serves the torch-free `template`/`tagger` backends too
 
     if device and device != "auto":
         return device
@@ -84,6 +84,7 @@ def pick_device(device: str | None = None) -> str:
 
 def pick_dtype(device: str, dtype: str | None = None):
     """"auto"/None: bf16 (or fp16) on a GPU, fp32 on the CPU (half precision is slow or unsupported there)."""
+    # lazy: torch (precision imports it too), only for the model backends that call this
     import torch
 
     from lora_kit.precision import runtime_dtype

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
 TINY_BLIP_WORDS = "a red blue green circle square star cat on white background photo of the with".split()
 
 
 def write_tiny_blip(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save BlipForConditionalGeneration + BlipProcessor (PIL image processor, BERT word-piece tokenizer)."""
-    import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_BLIP_WORDS]) + "\n")

@@ -31,7 +31,7 @@ def read_vocabulary(path: str | Path) -> list[str]:
 
 
 def _features(out):
-    import torch
+    import torch  # lazy: the caption command imports every backend; torch loads only for a model backend in use
 
     # transformers 5 returns a ModelOutput whose pooler_output is the projected embedding; 4.x a tensor.
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -44,7 +44,7 @@ class ClipTagsCaptioner:
     def __init__(self, vocab: str | None = None, model: str = default_model, top_k: int | None = None,
                  threshold: float | None = None, clip_template: str = "a photo of {tag}",
                  device: str | None = None, dtype: str | None = None):
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import AutoProcessor, CLIPModel  # lazy: optional model backend, created on demand
 
         if vocab is None:
             raise UserError("the clip-tags captioner needs a vocabulary file: --vocab tags.txt (one tag per line)")
@@ -61,7 +61,7 @@ class ClipTagsCaptioner:
         self.text_embeds = self._encode_text([clip_template.format(tag=t) for t in self.tags])
 
     def _encode_text(self, prompts: list[str]):
-        import torch
+        import torch  # lazy: torch only once this model backend is created
 
         chunks = []
         with torch.inference_mode():
@@ -75,7 +75,7 @@ class ClipTagsCaptioner:
 
     def similarities(self, images: Sequence):
         """(n_images, n_tags) cosine similarities."""
-        import torch
+        import torch  # lazy: torch only once this model backend is created
 
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():

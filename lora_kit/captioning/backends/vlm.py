@@ -20,7 +20,7 @@ DEFAULT_CHAT_PROMPT = "Describe this image in one sentence."
 
 
 def _model_class():
-    import transformers
+    import transformers  # lazy: optional model backend; `template`/`tagger` captioning never loads transformers
 
     # transformers < 5 names it AutoModelForVision2Seq; both load BLIP/GIT/Florence-2.
     return getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
@@ -35,7 +35,7 @@ class TransformersCaptioner:
 
     def __init__(self, model: str = default_model, prompt: str = "", max_new_tokens: int = 40, num_beams: int = 3,
                  device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
-        from transformers import AutoProcessor
+        from transformers import AutoProcessor  # lazy: optional model backend, created on demand
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -58,7 +58,7 @@ class TransformersCaptioner:
         return prompt or None
 
     def _inputs(self, images: Sequence) -> dict:
-        import torch
+        import torch  # lazy: torch only once this model backend is created
 
         kwargs = {"images": list(images), "return_tensors": "pt"}
         if self.text:
@@ -68,7 +68,7 @@ class TransformersCaptioner:
                 for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
     def generate(self, images: Sequence) -> list[str]:
-        import torch
+        import torch  # lazy: torch only once this model backend is created
 
         inputs = self._inputs(images)
         with torch.inference_mode():

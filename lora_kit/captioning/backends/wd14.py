@@ -92,7 +92,7 @@ class TaggerCaptioner:
     def __init__(self, model: str = default_model, general_threshold: float = 0.35,
                  character_threshold: float = 0.85, rating: bool = False, device: str | None = None):
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # lazy: optional backend (the [tagger] extra)
         except ImportError:
             raise missing_extra("onnxruntime", "tagger", "the WD14 tagger") from None
         folder = hub_files(model, [MODEL_FILE, TAGS_FILE], "tagger")
