@@ -32,6 +32,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+from PIL import Image
+
 log = logging.getLogger(__name__)
 
 Size = tuple[int, int]  # (width, height)
@@ -211,8 +213,6 @@ def apply_placement(image, placement: Placement, flip: bool = False, crop: Optio
     resized copy. Lanczos is Pillow's antialiased filter, right for the usual downscale (kohya uses cv2
     INTER_AREA; OpenCV is not a dependency here).
     """
-    from PIL import Image
-
     left, top = crop if crop is not None else (placement.crop_left, placement.crop_top)
     bw, bh = placement.bucket
     sx, sy = placement.resized[0] / image.size[0], placement.resized[1] / image.size[1]

@@ -26,8 +26,13 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from tqdm.auto import tqdm
+
 from lora_kit.errors import UserError
 from lora_kit.infer.defaults import components_sampling_defaults
+from lora_kit.infer.pipeline import LoraPipeline
 from lora_kit.infer.spec import CellParams
 from lora_kit.paths import cache_dir
 from lora_kit.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -41,8 +46,6 @@ def model_fingerprint(modules) -> str:
 
     Hashing whole checkpoints (GBs for SDXL) on every run would cost more than it saves; a sample of every
     tensor changes whenever a fine-tune, a merge or a different checkpoint does."""
-    import torch
-
     h = hashlib.sha256()
     for i, module in enumerate(modules):
         for name, t in sorted(module.state_dict().items()):
@@ -63,8 +66,6 @@ def class_folder(key: str) -> Path:
 
 
 def _adapters_enabled(modules, enabled: bool) -> None:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     for module in modules:
         for m in module.modules():
             if isinstance(m, BaseTunerLayer):
@@ -72,10 +73,6 @@ def _adapters_enabled(modules, enabled: bool) -> None:
 
 
 def _render(bundle, settings: dict, todo: list[int], subset: Path, device) -> None:
-    from tqdm.auto import tqdm
-
-    from lora_kit.infer.pipeline import LoraPipeline
-
     unet, vae = bundle.unet, bundle.vae
     homes = [(m, next(m.parameters()).device) for m in [unet, vae, *bundle.text_encoders]]
     comps = {"unet": unet, "vae": vae, "scheduler": bundle.noise_scheduler, "text_encoders": bundle.text_encoders,

@@ -12,7 +12,7 @@ from lora_kit.errors import UserError, missing_extra
 def open_disk_dataset(path: str, column: str):
     """A `save_to_disk` dataset with its image column left encoded (bytes + path), opened once per process."""
     try:
-        # `datasets` pulls in pyarrow and pandas (about a second); only save_to_disk folders need it.
+        # lazy: `datasets` pulls in pyarrow and pandas (about a second); only save_to_disk folders need it.
         import datasets
     except ImportError:  # pragma: no cover - datasets is a core dependency
         raise missing_extra("datasets", purpose="Hugging Face datasets") from None

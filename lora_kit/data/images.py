@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ def to_rgb(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of clipping at 255.
-        import numpy as np
-
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
         im = Image.fromarray((arr / top * 255.0).clip(0, 255).astype("uint8"), "L")

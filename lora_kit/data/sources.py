@@ -92,7 +92,7 @@ def _read_metadata(path: Path) -> list[dict]:
         return rows
     if path.suffix == ".csv":
         return list(csv.DictReader(io.StringIO(read_text(path, label), newline="")))
-    import pyarrow.parquet as pq  # installed with `datasets`; heavy, and only parquet metadata needs it
+    import pyarrow.parquet as pq  # lazy: installed with `datasets`; heavy, and only parquet metadata needs it
 
     try:
         return pq.read_table(path).to_pylist()

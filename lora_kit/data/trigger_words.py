@@ -18,6 +18,11 @@ import difflib
 import tempfile
 from functools import lru_cache
 
+from transformers import CLIPTokenizer
+
+from lora_kit.models.tokenizer import write_clip_tokenizer
+from lora_kit.world.assets import shipped_model_dir
+
 COMMON_BELOW = 20000  # token ids under this are frequent words/pieces: "star" 1565, "dog" 1929; "ohwx" is 47993
 RARE_FROM = 35000  # alternatives come from the rarest whole-word tokens (zyk 39112, ohwx 47993, sks 48136)
 ALTERNATIVES = 3
@@ -26,11 +31,6 @@ ALTERNATIVES = 3
 @lru_cache(maxsize=1)
 def default_tokenizer():
     """The CLIP tokenizer shipped with the tiny world, or one built from lora-kit's offline CLIP BPE."""
-    from transformers import CLIPTokenizer
-
-    from lora_kit.models.tokenizer import write_clip_tokenizer
-    from lora_kit.world.assets import shipped_model_dir
-
     shipped = shipped_model_dir("tiny-world")
     if shipped is not None and (shipped / "tokenizer").is_dir():
         return CLIPTokenizer.from_pretrained(shipped / "tokenizer")
