@@ -179,7 +179,7 @@ def _kohya_fixture(tiny15, dtype=torch.float16):
 
 def test_kohya_diffusers_kohya_round_trip_is_bit_exact(tiny15, tmp_path):
     kohya = _kohya_fixture(tiny15)
-    src = io.save_lora_file(tmp_path / "in.safetensors", kohya, md.minimum_kohya_metadata("sd1", 4, 1.0), precision=None)
+    src = io.save_lora_file(tmp_path / "in.safetensors", kohya, {**md.minimum_kohya_metadata("sd1", 1.0), "ss_network_dim": "4"}, precision=None)
     parsed = io.read_lora_file(src)
     assert parsed.source_format == "kohya" and parsed.family == "sd1"
     dif = io.write_diffusers_lora(tmp_path / "diff", parsed, precision=None)
@@ -190,6 +190,23 @@ def test_kohya_diffusers_kohya_round_trip_is_bit_exact(tiny15, tmp_path):
     assert back.keys() == kohya.keys()
     for k, v in kohya.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+
+
+def test_ss_network_dim_is_the_files_rank(tiny15, tmp_path):
+    """One source: the tensors. A recipe rank in the metadata cannot contradict them; a LoCon 3x3 conv at
+    its own rank (kohya's conv_dim) leaves the dim alone; per-module ranks are kohya's "Dynamic"."""
+    unet = tiny15["unet"]
+    sd = random_peft(unet, ATTN, 4, 0)
+    name, conv = next((n, m) for n, m in unet.named_modules()
+                      if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and ".resnets." in n)
+    sd[f"{name}.lora_A.weight"] = torch.randn(8, conv.in_channels, 3, 3)
+    sd[f"{name}.lora_B.weight"] = torch.randn(conv.out_channels, 8, 1, 1)
+    meta = md.build_kohya_metadata({"family": "sd1", "rank": 16, "alpha": 1.0})
+    path = io.write_kohya_lora(tmp_path / "locon.safetensors", formats.from_peft(sd, [], 1.0, "sd1"), meta, precision=None)
+    assert io.load_lora_file(path)[1]["ss_network_dim"] == "4"
+    mixed = {**random_peft(unet, ATTN[1:], 4, 0), **random_peft(unet, ("to_q",), 2, 1)}  # like block_dims
+    path = io.write_kohya_lora(tmp_path / "mixed.safetensors", formats.from_peft(mixed, [], 1.0, "sd1"), meta, precision=None)
+    assert io.load_lora_file(path)[1]["ss_network_dim"] == "Dynamic"
 
 
 def test_alpha_not_representable_in_fp16_is_kept_in_fp32(tiny15, tmp_path):
@@ -273,7 +290,8 @@ def test_kohya_metadata_fields_and_scrubbing():
     }
     m = md.build_kohya_metadata(info)
     assert all(isinstance(v, str) for v in m.values())
-    assert m["ss_network_module"] == "networks.lora" and m["ss_network_dim"] == "16" and m["ss_network_alpha"] == "8.0"
+    assert m["ss_network_module"] == "networks.lora" and m["ss_network_alpha"] == "8.0"
+    assert "ss_network_dim" not in m  # the written file's tensors decide it (test_ss_network_dim_is_the_files_rank)
     assert m["ss_base_model_version"] == "sdxl_base_v1-0" and m["ss_v2"] == "False"
     assert m["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert m["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"

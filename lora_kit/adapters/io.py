@@ -128,20 +128,43 @@ def read_lora_file(path, allow_pickle: bool = False, unet_config: dict | None = 
     return formats.read_lora_state_dict(tensors, meta, unet_config)
 
 
+def _dim_modules(parsed: formats.ParsedLora) -> list[tuple[str, object]]:
+    """(module, lora_A) of the modules kohya sizes with network_dim: the U-Net's (every component's without
+    a U-Net), less LoCon's k x k convs, which kohya sizes with conv_dim and records in ss_network_args."""
+    mods = [(f"{c}.{m}", p["lora_A"]) for c, m, p in parsed.modules()]
+    unet = [(k, a) for k, a in mods if k.startswith("unet.")] or mods
+    return [(k, a) for k, a in unet if a.ndim < 4 or tuple(a.shape[-2:]) == (1, 1)] or unet
+
+
+def network_dim(parsed) -> str:
+    """ss_network_dim, decided by the file's own tensors: the one source of the key (the metadata builders
+    in adapters.metadata never write it), so a caller's metadata cannot contradict the weights.
+
+    What kohya's loader, A1111 and ComfyUI use is the tensor shapes. kohya's trainer writes its network_dim
+    argument, which is the rank of every module counted here unless block_dims give blocks their own
+    ranks; kohya's resize_lora writes "Dynamic" for per-module ranks (shared/reference/kohya-sd-scripts.md,
+    "Utilities"). We follow the file: its one rank, else "Dynamic", also for a block_dims run, where the
+    recipe's rank is not the rank of the file's modules (the block_dims themselves are in ss_network_args).
+    """
+    if isinstance(parsed, lycoris.ParsedLycoris):
+        return lycoris.summary_rank_alpha(parsed)[0]
+    ranks = {a.shape[0] for _, a in _dim_modules(parsed)}
+    return str(ranks.pop()) if len(ranks) == 1 else "Dynamic"  # kohya's word for per-module ranks
+
+
 def _summary_rank_alpha(parsed: formats.ParsedLora) -> tuple[str, str]:
-    """kohya's ss_network_dim / ss_network_alpha: the U-Net's (all modules' without U-Net), else "Dynamic"."""
-    keys = [k for k in parsed.ranks if k.startswith("unet.")] or list(parsed.ranks)
-    ranks = {parsed.ranks[k] for k in keys}
-    alphas = {parsed.alphas[k] for k in keys}
-    rank = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"  # kohya's word for per-module ranks
+    """kohya's ss_network_dim / ss_network_alpha of the modules `_dim_modules` counts, "Dynamic" where they differ."""
+    alphas = {parsed.alphas[k] for k, _ in _dim_modules(parsed)}
     alpha = str(float(alphas.pop())) if len(alphas) == 1 else "Dynamic"
-    return rank, alpha
+    return network_dim(parsed), alpha
 
 
 def kohya_file_metadata(parsed: formats.ParsedLora, metadata: dict | None = None) -> dict:
-    """`metadata` plus kohya's minimum keys (kept when given) and the U-Net layout of a non-standard SDXL."""
+    """`metadata` plus kohya's minimum keys (kept when given) and the U-Net layout of a non-standard SDXL;
+    ss_network_dim always from the tensors (`network_dim`)."""
     rank, alpha = _summary_rank_alpha(parsed)
-    out = {**md.minimum_kohya_metadata(parsed.family, rank, alpha), **(metadata or {}), **_layout_metadata(parsed)}
+    out = {**md.minimum_kohya_metadata(parsed.family, alpha), **(metadata or {}), **_layout_metadata(parsed)}
+    out["ss_network_dim"] = rank
     out.pop("lora_adapter_metadata", None)
     return {k: str(v) for k, v in out.items()}
 
@@ -164,8 +187,9 @@ def write_kohya_lora(path, parsed: formats.ParsedLora, metadata: dict | None = N
 def write_lycoris(path, parsed, metadata: dict | None = None, precision: str | None = "fp16", *, overwrite: bool = False) -> Path:
     """A LoHa/LoKr file in the kohya/LyCORIS layout (A1111/ComfyUI load it natively)."""
     cast = lycoris.ParsedLycoris(**{**parsed.__dict__, **_cast_parsed(parsed, precision)})
-    dim, alpha = lycoris.summary_rank_alpha(parsed)
-    meta = {**md.minimum_kohya_metadata(parsed.family, dim, alpha), **(metadata or {}), **_layout_metadata(parsed)}
+    alpha = lycoris.summary_rank_alpha(parsed)[1]
+    meta = {**md.minimum_kohya_metadata(parsed.family, alpha), **(metadata or {}), **_layout_metadata(parsed),
+            "ss_network_dim": network_dim(parsed)}
     if meta["ss_network_module"] != lycoris.NETWORK_MODULE:  # e.g. converting a file without metadata
         meta = lycoris.network_metadata(meta, parsed.algo)
     meta = {k: str(v) for k, v in meta.items() if k != "lora_adapter_metadata"}
