@@ -18,6 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lora_kit.errors import UserError
@@ -121,8 +122,6 @@ def generator_state(gen: torch.Generator) -> str:
 
 
 def set_generator_state(gen: torch.Generator, state: str) -> None:
-    import numpy as np
-
     gen.set_state(torch.from_numpy(np.frombuffer(base64.b64decode(state), dtype=np.uint8).copy()))
 
 

@@ -24,7 +24,7 @@ def compile_unet(unet, how: str, mode: str = "default", backend: str = "inductor
     """Compile `unet` in place as `how` ("off" / "regional" / "full"); returns a line for the run summary."""
     if how == "off":
         return "off"
-    import torch._dynamo
+    import torch._dynamo  # lazy: dynamo takes seconds to import and compilation is off by default
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 16 * RECOMPILE_LIMIT)

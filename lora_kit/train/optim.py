@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+from diffusers.optimization import get_scheduler
+
 from lora_kit.config.schema import OptimizerConfig, SchedulerConfig
 from lora_kit.errors import missing_extra
 
@@ -58,17 +61,15 @@ def param_groups(adapters, cfg: OptimizerConfig) -> list[dict]:
 def optimizer_class(name: str):
     if name in ("adamw8bit", "lion8bit"):
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # lazy: optional backend (CUDA 8-bit optimizers; slow to import)
         except ImportError as exc:
             raise missing_extra("bitsandbytes", None, f"optimizer {name!r} (or set [optimizer] name = \"adamw\")") from exc
         return bnb.optim.AdamW8bit if name == "adamw8bit" else bnb.optim.Lion8bit
     if name == "adamw":
-        import torch
-
         return torch.optim.AdamW
     if name == "prodigy":
         try:
-            from prodigyopt import Prodigy
+            from prodigyopt import Prodigy  # lazy: optional backend (the [prodigy] extra)
         except ImportError as exc:
             raise missing_extra("prodigyopt", "prodigy", "the prodigy optimizer") from exc
         return Prodigy
@@ -96,8 +97,6 @@ def describe_optimizer(opt) -> str:
 
 
 def build_lr_scheduler(optimizer, cfg: SchedulerConfig, total_steps: int, num_processes: int = 1):
-    from diffusers.optimization import get_scheduler
-
     # Accelerate steps a prepared scheduler once per process per optimizer step, so the schedule is
     # stretched by num_processes (the diffusers example scripts do the same).
     return get_scheduler(

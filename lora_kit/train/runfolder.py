@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME
+from lora_kit.config.load import write_resolved
 from lora_kit.errors import UserError
 from lora_kit.summary import FILE as SUMMARY_FILE
 from lora_kit.train import checkpoint as ckpt
@@ -107,8 +108,6 @@ class RunFolder:
         """Main process, before the run's first checkpoint or export: its recipe.toml and run id."""
         if self._shown:
             return
-        from lora_kit.config.load import write_resolved
-
         self.out.mkdir(parents=True, exist_ok=True)
         write_resolved(recipe, self.out)
         atomic_write_json(self.out / RUN_FILE, {"run_id": self.run_id, "name": recipe.name})

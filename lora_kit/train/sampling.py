@@ -25,6 +25,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from PIL import Image
 
+from lora_kit.infer.control import load_controlnet
 from lora_kit.infer.defaults import GENERIC, components_sampling_defaults, resolve
 from lora_kit.infer.grid import render_grid
 from lora_kit.infer.pipeline import LoraPipeline
@@ -99,8 +100,6 @@ def render_training_samples(pipe_or_components, sample_cfg, step: int, out_dir: 
     spec = training_grid_spec(sample_cfg, size, clip_skip, lora_name, components_sampling_defaults(comps))
     for c in spec.base.controls:
         if c.model not in _CONTROLNETS:
-            from lora_kit.infer.control import load_controlnet
-
             _CONTROLNETS.clear()
             _CONTROLNETS[c.model] = load_controlnet(c.model, lp.pipe.unet.dtype).to(lp.device)
         lp.add_controlnet(c.model, _CONTROLNETS[c.model])

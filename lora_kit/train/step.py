@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lora_kit.config.schema import LossConfig
+from lora_kit.data.cache import scale_latents
 from lora_kit.models.text import encode_prompts, sdxl_time_ids
 from lora_kit.train.loss import add_noise, diffusion_loss, sample_noise, sample_timesteps, target_for
 
@@ -60,8 +61,6 @@ def batch_latents(ctx: StepContext, batch: dict, gens: list[torch.Generator]) ->
     """Scaled latents: from the cache (sampled and scaled by the dataset), or encoded now (VAE frozen)."""
     if "latents" in batch:
         return to_device(batch["latents"], ctx.device, ctx.weight_dtype)
-    from lora_kit.data.cache import scale_latents
-
     vae = ctx.vae
     px = to_device(batch["pixel_values"], ctx.device, vae.dtype)
     with torch.no_grad():
