@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import traceback
+import warnings
+
+from lora_kit import __version__
+from lora_kit.errors import UserError
+from lora_kit.runtime import configure_threads
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,18 +56,12 @@ def build_parser(load: str | None = None) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from lora_kit import __version__
-
     return f"lora-kit {__version__}"
 
 
 def _quiet_libraries() -> None:
     """Library chatter (deprecation notices, optional-backend probes) drowns the one-screen summary and
     the progress bars; users can turn it back on with DIFFUSERS_VERBOSITY / TRANSFORMERS_VERBOSITY."""
-    import logging
-    import os
-    import warnings
-
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -88,13 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from lora_kit.errors import UserError
+    # lazy: the error path's helpers; utils' stdlib imports (tempfile, shutil, json) are ~10 ms, a fifth of --help
     from lora_kit.utils import describe_write_fault, is_write_fault
 
     module = importlib.import_module(COMMANDS[args.command][0])
     if args.command in TORCH_COMMANDS:
-        from lora_kit.runtime import configure_threads
-
         configure_threads()  # threads from the free cores; the trainer narrows it once it knows the model
     try:
         return int(module.run(args) or 0)

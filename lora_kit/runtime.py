@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import time
 
+from lora_kit.errors import UserError
+
 SAMPLE_S = 0.25  # how long the first measurement looks at the machine
 INTERVAL_S = 5.0  # how often ThreadGovernor measures again
 
@@ -78,8 +80,6 @@ def _explicit() -> tuple[int, str] | None:
     try:
         return max(1, int(value)), f"{name}={value}"
     except ValueError:
-        from lora_kit.errors import UserError
-
         raise UserError(f"{name}={value!r}: expected a whole number of threads") from None
 
 
@@ -98,7 +98,7 @@ def _others_now() -> float:
 
 def configure_threads() -> tuple[int, str]:
     """Set torch's intra-op thread count by the rules above; returns (threads, why) for the run summary."""
-    import torch
+    import torch  # lazy: lora_kit.cli imports this module, and `lora-kit --help` must not load torch
 
     explicit = _explicit()
     if explicit:
@@ -124,7 +124,7 @@ class ThreadGovernor:
         """The new thread count when it changed, else None."""
         if not self.active or time.monotonic() - self.meter.last[0] < self.interval:
             return None
-        import torch
+        import torch  # lazy: as in configure_threads (this module is imported by lora_kit.cli)
 
         busy = self.meter.others_busy()
         if busy is None:
