@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lora_kit.train import loss as loss_fns  # noqa: E402
 from lora_kit.world import model as world_model  # noqa: E402
-from lora_kit.world.shapes import generate  # noqa: E402
+from lora_kit.world.procedural import generate_textured  # noqa: E402
+from lora_kit.world.shapes import ALL_FILLS, ALL_SHAPES, generate  # noqa: E402
 
 EMPTY_PROMPT = ""  # caption dropout target = the negative prompt of CFG sampling
 
@@ -228,22 +229,42 @@ def latent_stats(vae, data: dict, device, n: int = 512) -> tuple[float, float]:
     return float(z.std()), float(z.mean())
 
 
+def decoder_buckets(n: int, seed: int) -> dict[tuple[int, int], dict]:
+    """The decoder stage's pictures, bucketed like world_buckets: a third plain world pictures (every shape,
+    solid), a third every world fill, a third procedural textures (lora_kit.world.procedural: gratings,
+    checkerboards, dot lattices and plaids at any angle and period, half in random polygons)."""
+    k = n // 3
+    parts = [world_buckets(k, seed, shapes=ALL_SHAPES, fills=("solid",)),
+             world_buckets(k, seed + 1, shapes=ALL_SHAPES, fills=tuple(f for f in ALL_FILLS if f != "solid"))]
+    textured: dict[tuple[int, int], list] = {}
+    for kind, image in tqdm(generate_textured(n - 2 * k, seed + 2), desc="procedural textures", leave=False):
+        textured.setdefault(image.size, []).append(np.asarray(image))
+    parts.append({size: {"pixels": torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous(), "captions": [""] * len(v)}
+                  for size, v in textured.items()})
+    out: dict[tuple[int, int], dict] = {}
+    for part in parts:
+        for size, b in part.items():
+            o = out.setdefault(size, {"pixels": [], "captions": []})
+            o["pixels"].append(b["pixels"])
+            o["captions"] += b["captions"]
+    return {size: {"pixels": torch.cat(b["pixels"]), "captions": b["captions"]} for size, b in sorted(out.items())}
+
+
 def train_decoder(args, vae, device) -> dict:
-    """Fine-tune the VAE decoder on pictures with every shape and fill of the world, star and stripes included.
+    """Fine-tune the VAE decoder on every shape and fill of the world and on procedural textures.
 
     Why: the VAE is the codec, not the diffusion model. SD's VAE reconstructs any texture; ours, trained on
-    flat fills only, shifted the colours of striped shapes (a style LoRA's concept could not survive
-    decoding). The encoder stays frozen, so the latents, and with them the U-Net and every cached latent,
-    keep their meaning: only what the decoder draws from them improves. The U-Net and text encoder never
-    see a star or a stripe; those remain the LoRA concepts."""
-    from lora_kit.world.shapes import FILLS, SHAPES
-
+    flat fills only, shifted the colours of striped shapes, and once tuned on the demo's stripes it turned
+    half of all checkerboards into stripes: a style LoRA's concept could not survive decoding. The encoder
+    stays frozen, so the latents, and with them the U-Net and every cached latent, keep their meaning: only
+    what the decoder draws from them improves. The U-Net and text encoder never see a star or a texture;
+    those remain the LoRA concepts."""
     torch.manual_seed(args.seed + 500)
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     params = [p for p in vae.parameters() if p.requires_grad]
-    data = world_buckets(args.vae_images, args.seed + 500, shapes=SHAPES, fills=FILLS)
+    data = decoder_buckets(args.decoder_images, args.seed + 500)
 
     def loss_fn(x):
         with torch.no_grad():
@@ -413,6 +434,7 @@ def parse_args(argv=None):
     g.add_argument("--decoder-steps", type=int, default=1500, help="decoder fine-tuning (stage all/decoder)")
     g.add_argument("--decoder-minutes", type=float, default=10.0, help="wall-clock cap")
     g.add_argument("--decoder-lr", type=float, default=5e-4)
+    g.add_argument("--decoder-images", type=int, default=6000, help="a third world, a third world fills, a third procedural")
     g.add_argument("--kl-weight", type=float, default=1e-6, help="times the KL summed over latent elements")
     g = p.add_argument_group("U-Net + text encoder")
     g.add_argument("--unet-steps", type=int, default=3000)
@@ -482,6 +504,8 @@ def finetune_decoder_only(args, out: Path, device) -> int:
     """Stage "decoder" on an existing pipeline folder; its pretrain.json keeps the earlier stages' record."""
     comps = load_pipeline_components(out, device)
     info = json.loads((out / "pretrain.json").read_text())
+    if "vae_decoder" in info:  # a decoder tuned again continues from the last one: keep its record
+        info["vae_decoder_before"] = info.get("vae_decoder_before", []) + [info["vae_decoder"]]
     info["vae_decoder"] = dict(train_decoder(args, comps["vae"], device), args=args.info["args"])
     print(f"VAE decoder: {json.dumps(info['vae_decoder'])}")
     save_pipeline(comps, out, info)

@@ -108,12 +108,11 @@ def round_trip():
 
 
 def test_scorer_after_a_vae_round_trip(round_trip):
-    """What the shipped VAE carries is read back; what it cannot carry (a checkerboard's second diagonal)
-    is recorded per fill family in docs/world.md and pinned here as a rate, not hidden."""
+    """Every fill family survives the shipped VAE's round trip and is read back: the decoder is tuned on
+    procedural textures (lora_kit.world.procedural), not only on the demo's stripes. Before that, half the
+    checkerboards came back as "/" stripes (docs/world.md records both decoders per family)."""
     rates = score_batch([im for im, _ in round_trip], [_expected(s) for _, s in round_trip])
-    # measured (seed 77, 200 images): shape 0.97, colour 0.94 (the VAE's colour shifts, as on the plain
-    # world), background 1.0, fill 0.98, period 0.97, orientation 0.84 (checkerboards)
-    for field, bound in (("shape", 0.95), ("background", 0.98), ("fill", 0.95), ("period", 0.95), ("color", 0.9)):
+    for field, bound in (("shape", 0.95), ("background", 0.98), ("fill", 0.95), ("period", 0.95), ("color", 0.93)):
         assert rates[field] >= bound, (field, rates)
     wrong = Counter()
     total = Counter()
@@ -121,7 +120,6 @@ def test_scorer_after_a_vae_round_trip(round_trip):
         want = fill_labels_of(scene)["orientation"]
         total[scene.fill] += 1
         wrong[scene.fill] += not label_matches("orientation", score_image(im).fill.orientations, want)
-    carried = [f for f in ALL_FILLS if f != "checker"]
-    assert sum(wrong[f] for f in carried) <= 0.1 * sum(total[f] for f in carried), wrong
-    assert wrong["checker"] >= 0.25 * total["checker"], wrong  # the VAE turns checkerboards into "/" stripes
+    for fill in ALL_FILLS:  # the checkerboard included (0.49 through the decoder tuned on stripes only)
+        assert wrong[fill] <= 0.15 * total[fill], (fill, wrong, total)
     assert set(EXTRA_FILLS) <= set(total)

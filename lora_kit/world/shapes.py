@@ -232,7 +232,7 @@ def _heart_unit() -> list[tuple[float, float]]:
 _HEART_ASPECT = (lambda p: (max(y for _, y in p) - min(y for _, y in p)) / (max(x for x, _ in p) - min(x for x, _ in p)))(_heart_curve())
 
 
-def _shape_mask(scene: Scene) -> Image.Image:
+def shape_mask(scene: Scene) -> Image.Image:
     """The shape's coverage at _SS times the canvas size (mode L, 0 or 255)."""
     mask = Image.new("L", (scene.width * _SS, scene.height * _SS), 0)
     draw = ImageDraw.Draw(mask)
@@ -279,7 +279,7 @@ def render(scene: Scene) -> Image.Image:
     """The scene as an RGB image of scene.width x scene.height pixels (deterministic)."""
     w, h = scene.width * _SS, scene.height * _SS
     canvas = Image.new("RGB", (w, h), BACKGROUNDS[scene.background])
-    canvas.paste(_paint(scene, w, h), (0, 0), _shape_mask(scene))
+    canvas.paste(_paint(scene, w, h), (0, 0), shape_mask(scene))
     return canvas.reduce(_SS)  # box filter: exact, deterministic anti-aliasing
 
 

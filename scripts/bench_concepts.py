@@ -1,0 +1,115 @@
+"""Concepts nobody tuned for (issue 19): the shipped demo recipes on new subjects and styles of the world.
+
+What a new user does: copy recipes/demo-subject.toml or demo-style.toml, change only the dataset, the
+trigger word, the name and the output folder, train, and look at a grid. Here the datasets are drawn by the
+world's generator (lora_kit.world.concepts.Concept, like the shipped star and stripes: 20 images, 10
+repeats, every colour and canvas) for shapes and fills the recipes were never tuned on, the grid is the
+demo's (4 trigger prompts written like the captions + the demo's 4 plain prompts, 5 seeds, LoRA weight 0 /
+0.5 / 1, no ControlNet) and lora_kit.world.evaluate scores it against issue 19's targets, with the concept's
+signature learned from the training images.
+
+  python scripts/bench_concepts.py --concepts subject:hexagon:sks,style:checker:zyk [--out runs/concepts]
+      [--set optimizer.lr=3e-3] [--steps N] [--seeds 5]
+
+A concept is KIND:NAME:TRIGGER; KIND is subject (NAME a shape of lora_kit.world.shapes.ALL_SHAPES) or style
+(NAME a fill of ALL_FILLS, drawn on the four base shapes). Offline, CPU; about 5 minutes per concept on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lora_kit.runtime import configure_threads  # noqa: E402
+from lora_kit.world import demo  # noqa: E402
+from lora_kit.world.concepts import STYLE, SUBJECT, Concept, write_concept_dataset  # noqa: E402
+from lora_kit.world.shapes import BASE_SHAPES, sample_scene  # noqa: E402
+
+RECIPES = {SUBJECT: "demo-subject", STYLE: "demo-style"}
+
+
+def make_concept(kind: str, name: str, trigger: str, seed: int) -> Concept:
+    """A dataset drawn like the shipped ones (same count, repeats and size ranges as star / stripes)."""
+    if kind == SUBJECT:
+        return Concept(f"shapes-{name}", SUBJECT, trigger, name, repeats=10, count=20, seed=seed,
+                       shapes=(name,), fill="solid", size_range=(0.55, 0.85))
+    return Concept(f"shapes-{name}", STYLE, trigger, name, repeats=10, count=20, seed=seed,
+                   shapes=BASE_SHAPES, fill=name, size_range=(0.6, 0.85))
+
+
+def trigger_prompts(concept: Concept, n: int = 4, seed: int = 4242) -> list[str]:
+    """Prompts written like the captions, on scenes the dataset does not hold."""
+    rng = np.random.default_rng(seed)
+    return [concept.caption(sample_scene(rng, shapes=concept.shapes, fills=[concept.fill], size_range=concept.size_range))
+            for _ in range(n)]
+
+
+def run_one(spec: str, out: Path, seeds: int, steps: int, overrides: list[str]) -> dict:
+    kind, name, trigger = spec.split(":")
+    concept = make_concept(kind, name, trigger, seed=5000 + sum(map(ord, name)))
+    folder = out / f"{kind}-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    t0 = time.perf_counter()
+    data = write_concept_dataset(concept, folder)
+    r, files = demo._train(RECIPES[kind], data, folder, steps, [f'dataset.trigger_word="{trigger}"', f'name="{name}"'] + overrides)
+    trained = time.perf_counter() - t0
+    lora = Path(files.get("kohya") or files["diffusers"])
+    prompts = trigger_prompts(concept)
+    grid = demo._grid(r.model.pretrained, lora, prompts + demo.PLAIN_PROMPTS, seeds, 20, folder / "grid", None)
+    scores = demo.score_demo(grid, trigger, data)
+    s = scores["summary"]
+    row = {"concept": spec, "signature": scores["concept"].describe(), "weight1": s[1.0], "weight0": s[0.0],
+           "targets": scores["targets"], "train_s": round(trained), "total_s": round(time.perf_counter() - t0),
+           "overrides": overrides, "steps": r.train.max_steps, "prompts": prompts}
+    (folder / "row.json").write_text(json.dumps(row, indent=2, default=str))
+    return row
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| concept | signature | concept w1 / w0 | bleed w1 | shape w1 (w0) | colour w1 (w0) | colour error w1 (w0) | "
+             "area w1 / w0 | train s | targets met | missed |", "|---" * 11 + "|"]
+    for r in rows:
+        a, b = r["weight1"], r["weight0"]
+        err = "-" if a.get("color_error") is None else f"{a['color_error']:.0f} ({b['color_error']:.0f})"
+        area = (a.get("drift") or {}).get("area_ratio")
+        missed = ", ".join(k for k, ok in (r["targets"] or {}).items() if not ok) or "-"
+        lines.append(f"| {r['concept']} | {r['signature']} | {_pct(a.get('concept'))} / {_pct(b.get('concept'))} | {_pct(a.get('bleed'))} | "
+                     f"{_pct(a.get('shape'))} ({_pct(b.get('shape'))}) | {_pct(a.get('color'))} ({_pct(b.get('color'))}) | {err} | "
+                     f"{'-' if area is None else f'{area:.2f}'} | {r['train_s']} | "
+                     f"{sum(map(bool, (r['targets'] or {}).values()))}/{len(r['targets'] or {})} | {missed} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--concepts", default="subject:hexagon:sks,style:checker:zyk")
+    ap.add_argument("--out", default="runs/concepts")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=0, help="training steps (default: the recipe's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    a = ap.parse_args()
+    configure_threads()
+    rows = []
+    for spec in a.concepts.split(","):
+        rows.append(run_one(spec, Path(a.out), a.seeds, a.steps, a.overrides))
+        print(f"{spec}: {json.dumps(rows[-1], default=str)}", flush=True)
+    print("\n" + table(rows))
+    print("ROWS " + json.dumps(rows, default=str))
+
+
+if __name__ == "__main__":
+    main()
