@@ -14,10 +14,15 @@ import json
 import logging
 from pathlib import Path
 
+import safetensors
+import safetensors.torch
+import torch
+
 from lora_kit.adapters import formats, hashes, lycoris, metadata as md, names
 from lora_kit.errors import UserError
 from lora_kit.models.family import detect_family
 from lora_kit.precision import save_dtype
+from lora_kit.utils import atomic_write_bytes
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -43,16 +48,12 @@ def _check_target(path: Path, overwrite: bool) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from lora_kit.utils import atomic_write_bytes
-
     atomic_write_bytes(path, data)  # temp + fsync + rename, file mode from the umask
 
 
 def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision: str | None = "fp16",
                    *, overwrite: bool = False, add_hashes: bool = True) -> Path:
     """Write a .safetensors LoRA atomically; metadata values must be str; adds sshs_* hashes."""
-    import safetensors.torch
-
     path = Path(path)
     _check_target(path, overwrite)
     tensors = cast_tensors(tensors, precision)
@@ -97,9 +98,6 @@ def load_lora_file(path, allow_pickle: bool = False) -> tuple[dict, dict]:
         return _load_pickle(path), {}
     if kind != "safetensors":
         raise UserError(f"{path.name}: {kind}")
-    import safetensors
-    import safetensors.torch
-
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
@@ -110,8 +108,6 @@ def load_lora_file(path, allow_pickle: bool = False) -> tuple[dict, dict]:
 
 
 def _load_pickle(path: Path) -> dict:
-    import torch
-
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -210,6 +206,7 @@ def write_diffusers_lora(out, parsed: formats.ParsedLora, precision: str | None 
                          *, overwrite: bool = False) -> Path:
     """diffusers' own file layout + `lora_adapter_metadata` (LoraConfig per component) so that
     `load_lora_weights` applies the trained alpha; `out` is a folder (-> pytorch_lora_weights.safetensors) or a file."""
+    # lazy: diffusers takes seconds to import and only this writer needs it (info/convert/resize read files without it)
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, _pack_dict_with_prefix
 
     packed = {}

@@ -13,6 +13,7 @@ import json
 import os
 import re
 
+from lora_kit import __version__
 from lora_kit.models.family import (  # noqa: F401 (the family table, re-exported under its old names)
     ARCHITECTURE,
     BASE_MODEL_VERSION,
@@ -125,8 +126,6 @@ def modelspec_keys(info: dict) -> dict[str, str]:
     w, h = _resolution(info.get("resolution") or DEFAULT_RESOLUTION[family])
     ts = info.get("training_finished_at") or info.get("training_started_at")
     title = info.get("title") or info.get("output_name") or f"LoRA@{ts or _date(info)}"
-    from lora_kit import __version__
-
     out = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": f"{ARCHITECTURE[family]}/lora",
@@ -152,8 +151,6 @@ def modelspec_keys(info: dict) -> dict[str, str]:
 def build_kohya_metadata(info: dict) -> dict[str, str]:
     """ss_* + modelspec.* + lora_kit.* metadata from what the trainer knows (any subset of keys)."""
     out = {**kohya_keys(info), **modelspec_keys(info)}
-    from lora_kit import __version__
-
     out["lora_kit.version"] = __version__
     if info.get("recipe") is not None:
         out[RECIPE_KEY] = _json(scrub_recipe(info["recipe"]))

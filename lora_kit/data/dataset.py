@@ -43,6 +43,7 @@ from lora_kit.data.captions import CaptionTransform, base_caption, caption_rng
 from lora_kit.data.sources import ImageRecord, ScanResult, folder_summary, scan_dataset
 from lora_kit.data.tags import tag_frequency
 from lora_kit.errors import UserError
+from lora_kit.paths import cache_dir
 
 
 @dataclass
@@ -299,7 +300,6 @@ def _bucket_info(samples: list[Sample]) -> dict:
 
 
 def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_index, barrier) -> tuple[str, str, dict]:
-    from lora_kit.paths import cache_dir
 
     directory = recipe.cache.dir or str(cache_dir() / "cache")
     vae_id = module_identity(vae)

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 
 import torch
 
+from tqdm.auto import tqdm
+
 from lora_kit.adapters.inject import conv_alpha
+from lora_kit.config.load import recipe_to_dict
 from lora_kit.data.trigger_words import trigger_word_warnings
 from lora_kit.train.optim import optimizer_extras
 
 
 def tracker_config(recipe) -> dict:
     """Flat scalar hyper-parameters for TensorBoard's hparams view."""
-    from lora_kit.config.load import recipe_to_dict
 
     flat = {}
     for section, values in recipe_to_dict(recipe).items():
@@ -81,7 +83,6 @@ def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
 

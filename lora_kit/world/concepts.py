@@ -20,6 +20,7 @@ bit-for-bit from the definitions below, and tests/test_world.py checks the two a
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from lora_kit.errors import UserError
+from lora_kit.utils import atomic_dir
 from lora_kit.world.shapes import (
     BACKGROUNDS,
     BASE_SHAPES,
@@ -116,7 +118,6 @@ CONCEPTS: dict[str, Concept] = {
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    import io
 
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)  # no timestamp or text chunks: same pixels, same bytes
@@ -133,7 +134,7 @@ def write_concept_dataset(concept: Concept, root: str | os.PathLike, overwrite: 
     dest = root / concept.name
     if dest.exists() and not overwrite:
         raise UserError(f"{dest} already exists; pass overwrite=True (--overwrite) to replace it")
-    from lora_kit.utils import atomic_dir  # the one folder swap (old aside, new in, old deleted)
+    # atomic_dir: the one folder swap (old aside, new in, old deleted)
 
     def build(staging: Path) -> None:
         subset = staging / concept.subset

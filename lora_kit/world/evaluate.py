@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from PIL import Image
+
 from lora_kit.errors import UserError
+from lora_kit.paths import resolve_dataset_path
 from lora_kit.world.score import PERIOD_TOLERANCE, score_image
 from lora_kit.world.shapes import ALL_SHAPES, BACKGROUNDS, COLORS, FILL_WORDS
 
@@ -116,9 +119,7 @@ def learn_concept(records: Sequence[dict]) -> ConceptSpec:
 
 def learn_concept_from_folder(path: str | Path, limit: int = 200) -> ConceptSpec:
     """learn_concept on the images of a dataset folder (recursively, e.g. a kohya `10_star/` subfolder)."""
-    from PIL import Image
 
-    from lora_kit.paths import resolve_dataset_path
 
     root = resolve_dataset_path(str(path))
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]

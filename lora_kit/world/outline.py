@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from lora_kit.world.segment import erode
+from lora_kit.world.segment import erode, hull_area, hull_points, radial_peaks
 from lora_kit.world.shapes import ALL_SHAPES, Scene, render, shape_extent
 
 TEMPLATE_SIZE = 24
@@ -75,7 +75,6 @@ def count_vertices(mask: np.ndarray, tolerance: float = 0.1) -> int:
     """Corners of an outline, an estimate: the convex hull simplified by Douglas-Peucker (tolerance x the
     shape's size), plus one notch between each pair of tips of a concave shape (segment.radial_peaks). A
     round outline keeps no corner: 0. Used for shapes the scorer has no name for ("other")."""
-    from lora_kit.world.segment import hull_area, hull_points, radial_peaks
 
     hull = hull_points(mask)
     if len(hull) < 3:
