@@ -179,7 +179,7 @@ def _kohya_fixture(tiny15, dtype=torch.float16):
 
 def test_kohya_diffusers_kohya_round_trip_is_bit_exact(tiny15, tmp_path):
     kohya = _kohya_fixture(tiny15)
-    src = io.save_lora_file(tmp_path / "in.safetensors", kohya, {**md.minimum_kohya_metadata("sd1", 1.0), "ss_network_dim": "4"}, precision=None)
+    src = io.save_lora_file(tmp_path / "in.safetensors", kohya, {**md.minimum_kohya_metadata("sd1"), "ss_network_dim": "4"}, precision=None)
     parsed = io.read_lora_file(src)
     assert parsed.source_format == "kohya" and parsed.family == "sd1"
     dif = io.write_diffusers_lora(tmp_path / "diff", parsed, precision=None)
@@ -201,9 +201,10 @@ def test_ss_network_dim_is_the_files_rank(tiny15, tmp_path):
                       if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and ".resnets." in n)
     sd[f"{name}.lora_A.weight"] = torch.randn(8, conv.in_channels, 3, 3)
     sd[f"{name}.lora_B.weight"] = torch.randn(conv.out_channels, 8, 1, 1)
-    meta = md.build_kohya_metadata({"family": "sd1", "rank": 16, "alpha": 1.0})
+    meta = {**md.build_kohya_metadata({"family": "sd1", "rank": 16, "alpha": 1.0}), "ss_network_alpha": "8.0"}
     path = io.write_kohya_lora(tmp_path / "locon.safetensors", formats.from_peft(sd, [], 1.0, "sd1"), meta, precision=None)
     assert io.load_lora_file(path)[1]["ss_network_dim"] == "4"
+    assert io.load_lora_file(path)[1]["ss_network_alpha"] == "1.0"  # the tensors' alpha, not a caller's key
     mixed = {**random_peft(unet, ATTN[1:], 4, 0), **random_peft(unet, ("to_q",), 2, 1)}  # like block_dims
     path = io.write_kohya_lora(tmp_path / "mixed.safetensors", formats.from_peft(mixed, [], 1.0, "sd1"), meta, precision=None)
     assert io.load_lora_file(path)[1]["ss_network_dim"] == "Dynamic"
@@ -290,8 +291,9 @@ def test_kohya_metadata_fields_and_scrubbing():
     }
     m = md.build_kohya_metadata(info)
     assert all(isinstance(v, str) for v in m.values())
-    assert m["ss_network_module"] == "networks.lora" and m["ss_network_alpha"] == "8.0"
-    assert "ss_network_dim" not in m  # the written file's tensors decide it (test_ss_network_dim_is_the_files_rank)
+    assert m["ss_network_module"] == "networks.lora"
+    # the written file's tensors decide both (test_ss_network_dim_is_the_files_rank)
+    assert "ss_network_dim" not in m and "ss_network_alpha" not in m
     assert m["ss_base_model_version"] == "sdxl_base_v1-0" and m["ss_v2"] == "False"
     assert m["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert m["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"

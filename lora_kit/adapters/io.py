@@ -157,10 +157,9 @@ def _summary_rank_alpha(parsed: formats.ParsedLora) -> tuple[str, str]:
 
 def kohya_file_metadata(parsed: formats.ParsedLora, metadata: dict | None = None) -> dict:
     """`metadata` plus kohya's minimum keys (kept when given) and the U-Net layout of a non-standard SDXL;
-    ss_network_dim always from the tensors (`network_dim`)."""
-    rank, alpha = _summary_rank_alpha(parsed)
-    out = {**md.minimum_kohya_metadata(parsed.family, alpha), **(metadata or {}), **_layout_metadata(parsed)}
-    out["ss_network_dim"] = rank
+    ss_network_dim and ss_network_alpha always from the tensors (`_summary_rank_alpha`): one source each."""
+    out = {**md.minimum_kohya_metadata(parsed.family), **(metadata or {}), **_layout_metadata(parsed)}
+    out["ss_network_dim"], out["ss_network_alpha"] = _summary_rank_alpha(parsed)
     out.pop("lora_adapter_metadata", None)
     return {k: str(v) for k, v in out.items()}
 
@@ -183,9 +182,9 @@ def write_kohya_lora(path, parsed: formats.ParsedLora, metadata: dict | None = N
 def write_lycoris(path, parsed, metadata: dict | None = None, precision: str | None = "fp16", *, overwrite: bool = False) -> Path:
     """A LoHa/LoKr file in the kohya/LyCORIS layout (A1111/ComfyUI load it natively)."""
     cast = lycoris.ParsedLycoris(**{**parsed.__dict__, **_cast_parsed(parsed, precision)})
-    alpha = lycoris.summary_rank_alpha(parsed)[1]
-    meta = {**md.minimum_kohya_metadata(parsed.family, alpha), **(metadata or {}), **_layout_metadata(parsed),
-            "ss_network_dim": network_dim(parsed)}
+    dim, alpha = lycoris.summary_rank_alpha(parsed)
+    meta = {**md.minimum_kohya_metadata(parsed.family), **(metadata or {}), **_layout_metadata(parsed),
+            "ss_network_dim": dim, "ss_network_alpha": alpha}
     if meta["ss_network_module"] != lycoris.NETWORK_MODULE:  # e.g. converting a file without metadata
         meta = lycoris.network_metadata(meta, parsed.algo)
     meta = {k: str(v) for k, v in meta.items() if k != "lora_adapter_metadata"}

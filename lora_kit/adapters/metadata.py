@@ -93,9 +93,7 @@ def kohya_keys(info: dict) -> dict[str, str]:
         "ss_base_model_version": BASE_MODEL_VERSION[family],
         "ss_v2": str(family in (SD2, SD2V)),
     }
-    # No ss_network_dim here: the written file's tensors decide it (adapters.io.network_dim).
-    if "alpha" in info:
-        out["ss_network_alpha"] = str(float(info["alpha"]))  # kohya: a float ("8.0")
+    # No ss_network_dim / ss_network_alpha here: the written file's tensors decide them (adapters.io.network_dim).
     if info.get("network_args") is not None:
         out["ss_network_args"] = json.dumps({k: str(v) for k, v in info["network_args"].items()}, sort_keys=True)
     for key, ss in _PLAIN.items():
@@ -159,13 +157,12 @@ def build_kohya_metadata(info: dict) -> dict[str, str]:
     return {k: str(v) for k, v in out.items()}
 
 
-def minimum_kohya_metadata(family: str | None, alpha) -> dict[str, str]:
+def minimum_kohya_metadata(family: str | None) -> dict[str, str]:
     """kohya's SS_METADATA_MINIMUM_KEYS for a converted file (A1111 needs the version keys to pick SD1/SDXL),
-    less ss_network_dim, which adapters.io.network_dim writes from the file's tensors."""
+    less ss_network_dim / ss_network_alpha, which adapters.io writes from the file's tensors."""
     fam = family or SD1
     return {
         "ss_network_module": "networks.lora",
-        "ss_network_alpha": str(alpha),
         "ss_base_model_version": BASE_MODEL_VERSION[fam],
         "ss_v2": str(fam in (SD2, SD2V)),
     }
