@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from lora_kit.config.schema import DatasetConfig
-from lora_kit.data.captions import CaptionTransform, caption_rng
+from lora_kit.data.captions import CaptionTransform, caption_rng, strip_trigger
 
 CAP = "star, red, on white, outline, centered"
 
@@ -92,3 +92,18 @@ def test_separator_and_is_static():
     assert not CaptionTransform(DatasetConfig(tag_dropout=0.1)).is_static
     assert not CaptionTransform(DatasetConfig(caption_dropout=0.1)).is_static
     assert CaptionTransform(DatasetConfig(shuffle_tags=True, caption_dropout=0.5), augment=False).is_static
+
+
+def test_strip_trigger_removes_the_word_wherever_it_stands():
+    assert strip_trigger("a red zyk circle on a white background", "zyk") == "a red circle on a white background"
+    assert strip_trigger("zyk, a red circle", "zyk") == "a red circle"
+    assert strip_trigger("ohwx star, red", "ohwx") == "star, red"
+    assert strip_trigger("a red circle, zyk", "zyk") == "a red circle"
+    assert strip_trigger("Zyk style, a red circle", "zyk") == "style, a red circle"  # any case, as put_trigger_first
+    assert strip_trigger("zyk", "zyk") == "" and strip_trigger("", "zyk") == ""
+    # whole words only: a word that merely contains the trigger stays
+    assert strip_trigger("zykado, a star", "zyk") == "zykado, a star"
+    assert strip_trigger("star|sks dog|red", "sks dog", separator="|") == "star| red"  # tags joined as join_tags does
+    assert strip_trigger("a red circle", "zyk") == "a red circle"  # no trigger in it: unchanged
+    assert strip_trigger("a red zyk circle", "") == "a red zyk circle"
+

@@ -146,6 +146,24 @@ def check_class_images(r: Recipe) -> None:
         _fail(r, "[dataset] reg_prompt", "set reg_prompt (class images rendered by the base) or reg_path (your own), not both")
     if d.reg_prompt and r.loss.prior_loss_weight <= 0:
         _fail(r, "[loss] prior_loss_weight", "must be > 0 when [dataset] reg_prompt is set")
+    check_caption_priors(r)
+
+
+def check_caption_priors(r: Recipe) -> None:
+    d = r.dataset
+    if d.reg_from_captions < 0:
+        _fail(r, "[dataset] reg_from_captions", f"expected 0 (off) or a number of pictures per caption >= 1, got {d.reg_from_captions}")
+    if d.reg_from_captions == 0:
+        return
+    if not d.trigger_word.strip():
+        _fail(r, "[dataset] reg_from_captions", "needs [dataset] trigger_word: the word taken out of each caption")
+    if d.reg_prompt.strip():
+        _fail(r, "[dataset] reg_from_captions", "use one of reg_prompt / reg_from_captions, not both (reg_prompt renders one class prompt, reg_from_captions each caption without the trigger word)")
+    if d.kind not in ("auto", "folder"):
+        # the rendered pictures are a kohya folder, and [dataset] kind applies to reg_path too
+        _fail(r, "[dataset] kind", f"reg_from_captions makes the reg set a kohya folder: set kind = \"auto\" (got {d.kind!r})")
+    if r.loss.prior_loss_weight <= 0:
+        _fail(r, "[loss] prior_loss_weight", "must be > 0 when [dataset] reg_from_captions is set")
 
 
 def check_validation(r: Recipe) -> None:

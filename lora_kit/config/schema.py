@@ -48,6 +48,10 @@ class DatasetConfig:
     reg_balance: bool = False  # kohya: raise reg repeats round-robin (or drop the surplus) to match the training samples
     reg_prompt: str = ""  # class images rendered by the base model from this prompt (diffusers DreamBooth --class_prompt)
     reg_count: int = 0  # how many (--num_class_images); rendered once, cached by model hash and prompt
+    # Pictures per concept caption, rendered by the base from the caption with the trigger word taken out:
+    # DreamBooth's class prompt, per caption, so every word the concept's captions use is also seen without
+    # the trigger (else a style leaks into prompts sharing those words). 0 = off; with reg_path, both are the reg set.
+    reg_from_captions: int = 0
     validation_split: float = 0.0  # fraction held out for validation loss (seeded)
     max_images: int = 0  # 0 = all
 

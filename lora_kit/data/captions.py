@@ -41,8 +41,25 @@ def base_caption(caption: Optional[str], class_tokens: Optional[str]) -> str:
     return (class_tokens or "").strip()
 
 
+def _word(word: str) -> re.Pattern:
+    """`word` as a whole word, any case: how the trigger is found in a caption (tagging tools and users
+    capitalise it at a sentence start)."""
+    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", flags=re.IGNORECASE)
+
+
 def _contains_word(text: str, word: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE) is not None
+    return _word(word).search(text) is not None
+
+
+def strip_trigger(caption: str, trigger: str, separator: str = ",") -> str:
+    """The caption without the trigger word, wherever it stands (matched as `put_trigger_first` does): the
+    words around it closed up, a tag left empty dropped ("zyk, a red circle" -> "a red circle")."""
+    trigger = trigger.strip()
+    if not trigger:
+        return caption.strip()
+    pattern = _word(trigger)
+    tags = [" ".join(pattern.sub(" ", tag).split()) for tag in split_tags(caption, separator)]
+    return join_tags([t for t in tags if t], separator)
 
 
 def put_trigger_first(tags: list[str], trigger: str) -> tuple[Optional[str], list[str]]:

@@ -15,6 +15,8 @@ the regularisation set. lora-kit does the same from `[dataset] reg_prompt` + `re
   encoders and VAE, adapters excluded), so a changed checkpoint at the same path gets new pictures;
 - the adapters being trained are switched off while rendering, so the pictures are the base's (an adapter
   init that rewrites the base weights, pissa/olora/loftq, renders from that residual base instead).
+
+`render_jobs` and `sampling_settings` also render `[dataset] reg_from_captions` (lora_kit.data.caption_priors).
 """
 
 from __future__ import annotations
@@ -72,28 +74,58 @@ def _adapters_enabled(modules, enabled: bool) -> None:
                 m.enable_adapters(enabled)
 
 
-def _render(bundle, settings: dict, todo: list[int], subset: Path, device) -> None:
+@dataclasses.dataclass(frozen=True)
+class RenderJob:
+    """One picture to render: its prompt, size and seed, and where it goes (`png`; the prompt is written
+    beside it as `<stem>.txt`, the kohya caption sidecar)."""
+
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    png: Path
+
+
+def sampling_settings(bundle) -> dict:
+    """What every rendered picture's cache key holds besides its prompt, size and seed: the model's
+    sampling defaults and the fingerprint of its weights."""
+    defaults = components_sampling_defaults({"unet": bundle.unet})
+    return {"steps": int(defaults["steps"]), "cfg": float(defaults["cfg"]), "sampler": defaults["sampler"],
+            "model": model_fingerprint([bundle.unet, *bundle.text_encoders, bundle.vae])}  # fmt: skip
+
+
+def _batches(jobs: list[RenderJob]) -> list[list[RenderJob]]:
+    """Jobs in pipeline calls of up to BATCH pictures, one size per call (a call renders one size)."""
+    by_size: dict[tuple[int, int], list[RenderJob]] = {}
+    for job in jobs:
+        by_size.setdefault((job.width, job.height), []).append(job)
+    return [group[s : s + BATCH] for group in by_size.values() for s in range(0, len(group), BATCH)]
+
+
+def render_jobs(bundle, settings: dict, jobs: list[RenderJob], device, desc: str = "class images") -> None:
+    """Render `jobs` with the base (the adapters switched off) and write each atomically, the .png last so
+    that an existing .png means a finished picture; the modules go back to their devices afterwards."""
+    if not jobs:
+        return
     unet, vae = bundle.unet, bundle.vae
     homes = [(m, next(m.parameters()).device) for m in [unet, vae, *bundle.text_encoders]]
     comps = {"unet": unet, "vae": vae, "scheduler": bundle.noise_scheduler, "text_encoders": bundle.text_encoders,
              "tokenizers": bundle.tokenizers}  # fmt: skip
     modules = [unet, *bundle.text_encoders]
     pipe = LoraPipeline.from_components(comps, bundle.family, name=bundle.source or "base")
-    base = CellParams(prompt=settings["prompt"], steps=settings["steps"], cfg=settings["cfg"], sampler=settings["sampler"],
-                      width=settings["size"], height=settings["size"])  # fmt: skip
+    base = CellParams(prompt="", steps=settings["steps"], cfg=settings["cfg"], sampler=settings["sampler"])
     try:
         for m, _ in homes:
             m.to(device)
         _adapters_enabled(modules, False)
-        with tqdm(total=len(todo), desc="class images", unit="img") as bar:
-            for start in range(0, len(todo), BATCH):
-                chunk = todo[start : start + BATCH]
-                images = pipe.generate([base.replace(seed=settings["seed"] + i) for i in chunk], fuse=False)
-                for i, image in zip(chunk, images):
+        with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+            for chunk in _batches(jobs):
+                cells = [base.replace(prompt=j.prompt, width=j.width, height=j.height, seed=j.seed) for j in chunk]
+                for job, image in zip(chunk, pipe.generate(cells, fuse=False)):
                     buf = io.BytesIO()
                     image.save(buf, format="PNG")
-                    atomic_write_text(subset / f"{i:04d}.txt", settings["prompt"] + "\n")
-                    atomic_write_bytes(subset / f"{i:04d}.png", buf.getvalue())  # last: the .png marks it done
+                    atomic_write_text(job.png.with_suffix(".txt"), job.prompt + "\n")
+                    atomic_write_bytes(job.png, buf.getvalue())  # last: the .png marks it done
                 bar.update(len(chunk))
     finally:
         _adapters_enabled(modules, True)
@@ -109,21 +141,17 @@ def ensure_class_images(recipe, bundle, accelerator):
         return recipe
     if ds.reg_path:
         raise UserError(f"{recipe.source or '<recipe>'}: [dataset] reg_prompt: set reg_prompt (rendered class images) or reg_path (your own), not both")
-    defaults = components_sampling_defaults({"unet": bundle.unet})
-    settings = {
-        "prompt": ds.reg_prompt.strip(), "size": int(recipe.buckets.resolution), "steps": int(defaults["steps"]),
-        "cfg": float(defaults["cfg"]), "sampler": defaults["sampler"], "seed": int(recipe.seed),
-        "model": model_fingerprint([bundle.unet, *bundle.text_encoders, bundle.vae]),
-    }  # fmt: skip
+    settings = {"prompt": ds.reg_prompt.strip(), "size": int(recipe.buckets.resolution), "seed": int(recipe.seed),
+                **sampling_settings(bundle)}  # fmt: skip
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = class_folder(key)
     subset = root / f"{ds.reg_repeats}_{_slug(settings['prompt'])}"
     with accelerator.main_process_first():
         if accelerator.is_main_process:
             _prepare(root, subset, settings)
-            todo = [i for i in range(ds.reg_count) if not (subset / f"{i:04d}.png").is_file()]
-            if todo:
-                _render(bundle, settings, todo, subset, accelerator.device)
+            size, seed = settings["size"], settings["seed"]
+            jobs = [RenderJob(settings["prompt"], size, size, seed + i, subset / f"{i:04d}.png") for i in range(ds.reg_count)]
+            render_jobs(bundle, settings, [j for j in jobs if not j.png.is_file()], accelerator.device)
     # Only the first reg_count pictures are this run's (a larger earlier run may have left more).
     keep = {f"{i:04d}" for i in range(ds.reg_count)}
     extra = [p for p in subset.iterdir() if p.stem not in keep]

@@ -14,6 +14,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
+from lora_kit.data.caption_priors import ensure_caption_priors
 from lora_kit.data.class_images import ensure_class_images
 from lora_kit.data.dataset import TrainData, build_train_data, collate
 from lora_kit.data.sampler import BucketBatchSampler
@@ -100,6 +101,8 @@ def build_batch_feed(recipe, bundle, accelerator) -> BatchFeed:
     acc = accelerator
     # [dataset] reg_prompt: the base renders the class images (cached) and they become the reg set
     recipe = ensure_class_images(recipe, bundle, acc)
+    # [dataset] reg_from_captions: the base renders each concept caption without the trigger (cached), joined to reg_path
+    recipe = ensure_caption_priors(recipe, bundle, acc)
     data = build_train_data(
         recipe, vae=bundle.vae, device=acc.device, dtype=bundle.vae.dtype, cache=recipe.cache.latents,
         num_processes=acc.num_processes, process_index=acc.process_index, barrier=acc.wait_for_everyone,
