@@ -112,7 +112,8 @@ def test_scorer_after_a_vae_round_trip(round_trip):
     procedural textures (lora_kit.world.procedural), not only on the demo's stripes. Before that, half the
     checkerboards came back as "/" stripes (docs/world.md records both decoders per family)."""
     rates = score_batch([im for im, _ in round_trip], [_expected(s) for _, s in round_trip])
-    for field, bound in (("shape", 0.95), ("background", 0.98), ("fill", 0.95), ("period", 0.95), ("color", 0.93)):
+    # measured (seed 77, 200 images): shape 0.99, colour 0.98, background 1.0, fill 0.99, orientation 0.975, period 0.99
+    for field, bound in (("shape", 0.95), ("color", 0.95), ("background", 0.98), ("fill", 0.95), ("orientation", 0.95), ("period", 0.95)):
         assert rates[field] >= bound, (field, rates)
     wrong = Counter()
     total = Counter()
