@@ -47,10 +47,6 @@ def _check_target(path: Path, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)  # temp + fsync + rename, file mode from the umask
-
-
 def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision: str | None = "fp16",
                    *, overwrite: bool = False, add_hashes: bool = True) -> Path:
     """Write a .safetensors LoRA atomically; metadata values must be str; adds sshs_* hashes."""
@@ -63,7 +59,7 @@ def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision:
         raise TypeError(f"safetensors metadata values must be str: {', '.join(bad)}")
     if add_hashes:
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = hashes.precalculate_hashes(tensors, meta)
-    _atomic_write_bytes(path, safetensors.torch.save(tensors, meta or None))
+    atomic_write_bytes(path, safetensors.torch.save(tensors, meta or None))  # temp + fsync + rename, mode from the umask
     return path
 
 

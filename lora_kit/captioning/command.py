@@ -25,7 +25,6 @@ def _default(cls, param: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-
     p.add_argument("dataset", help="dataset folder; images are found recursively (kohya N_name subfolders too)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--captioner", metavar="NAME", help=f"caption with this backend: {', '.join(available_captioners())}")

@@ -300,7 +300,6 @@ def _bucket_info(samples: list[Sample]) -> dict:
 
 
 def _attach_latents(samples, recipe, vae, device, dtype, num_processes, process_index, barrier) -> tuple[str, str, dict]:
-
     directory = recipe.cache.dir or str(cache_dir() / "cache")
     vae_id = module_identity(vae)
     cache = LatentCache(directory, vae_id)

@@ -42,7 +42,6 @@ from lora_kit.train.validation import validation_loss
 def _cpu_only_multiprocess() -> bool:
     """`accelerate launch --multi_gpu` on a box without GPUs: accelerate only sets up gloo DDP when told
     cpu=True; otherwise every process silently trains alone as rank 0 of 1."""
-
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 

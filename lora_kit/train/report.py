@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from tqdm.auto import tqdm
 
 from lora_kit.adapters.inject import conv_alpha
@@ -20,7 +19,6 @@ from lora_kit.train.optim import optimizer_extras
 
 def tracker_config(recipe) -> dict:
     """Flat scalar hyper-parameters for TensorBoard's hparams view."""
-
     flat = {}
     for section, values in recipe_to_dict(recipe).items():
         if isinstance(values, dict):
@@ -83,7 +81,6 @@ def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
 
 

@@ -118,7 +118,6 @@ CONCEPTS: dict[str, Concept] = {
 
 
 def png_bytes(image: Image.Image) -> bytes:
-
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)  # no timestamp or text chunks: same pixels, same bytes
     return buf.getvalue()
@@ -134,7 +133,6 @@ def write_concept_dataset(concept: Concept, root: str | os.PathLike, overwrite: 
     dest = root / concept.name
     if dest.exists() and not overwrite:
         raise UserError(f"{dest} already exists; pass overwrite=True (--overwrite) to replace it")
-    # atomic_dir: the one folder swap (old aside, new in, old deleted)
 
     def build(staging: Path) -> None:
         subset = staging / concept.subset
@@ -143,4 +141,4 @@ def write_concept_dataset(concept: Concept, root: str | os.PathLike, overwrite: 
             (subset / f"{stem}.png").write_bytes(png_bytes(image))
             (subset / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
 
-    return atomic_dir(dest, build)
+    return atomic_dir(dest, build)  # the one folder swap (old aside, new in, old deleted)

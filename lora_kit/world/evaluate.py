@@ -119,8 +119,6 @@ def learn_concept(records: Sequence[dict]) -> ConceptSpec:
 
 def learn_concept_from_folder(path: str | Path, limit: int = 200) -> ConceptSpec:
     """learn_concept on the images of a dataset folder (recursively, e.g. a kohya `10_star/` subfolder)."""
-
-
     root = resolve_dataset_path(str(path))
     files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:

@@ -75,7 +75,6 @@ def count_vertices(mask: np.ndarray, tolerance: float = 0.1) -> int:
     """Corners of an outline, an estimate: the convex hull simplified by Douglas-Peucker (tolerance x the
     shape's size), plus one notch between each pair of tips of a concave shape (segment.radial_peaks). A
     round outline keeps no corner: 0. Used for shapes the scorer has no name for ("other")."""
-
     hull = hull_points(mask)
     if len(hull) < 3:
         return 0
