@@ -18,6 +18,7 @@ A concept is KIND:NAME:TRIGGER; KIND is subject (NAME a shape of lora_kit.world.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -31,19 +32,20 @@ sys.path.insert(0, str(REPO))
 
 from lora_kit.runtime import configure_threads  # noqa: E402
 from lora_kit.world import demo  # noqa: E402
-from lora_kit.world.concepts import STYLE, SUBJECT, Concept, write_concept_dataset  # noqa: E402
-from lora_kit.world.shapes import BASE_SHAPES, sample_scene  # noqa: E402
+from lora_kit.world.concepts import CONCEPTS, STYLE, SUBJECT, Concept, write_concept_dataset  # noqa: E402
+from lora_kit.world.shapes import sample_scene  # noqa: E402
 
 RECIPES = {SUBJECT: "demo-subject", STYLE: "demo-style"}
 
 
+# The shipped datasets the demo recipes train on: a new concept is drawn like them (count, repeats, size range).
+SHIPPED = {SUBJECT: CONCEPTS["shapes-star"], STYLE: CONCEPTS["shapes-stripes"]}
+
+
 def make_concept(kind: str, name: str, trigger: str, seed: int) -> Concept:
-    """A dataset drawn like the shipped ones (same count, repeats and size ranges as star / stripes)."""
-    if kind == SUBJECT:
-        return Concept(f"shapes-{name}", SUBJECT, trigger, name, repeats=10, count=20, seed=seed,
-                       shapes=(name,), fill="solid", size_range=(0.55, 0.85))
-    return Concept(f"shapes-{name}", STYLE, trigger, name, repeats=10, count=20, seed=seed,
-                   shapes=BASE_SHAPES, fill=name, size_range=(0.6, 0.85))
+    """The shipped star (subject) or stripes (style) definition with another shape or fill, trigger and seed."""
+    what = {"shapes": (name,)} if kind == SUBJECT else {"fill": name}
+    return dataclasses.replace(SHIPPED[kind], name=f"shapes-{name}", trigger=trigger, class_token=name, seed=seed, **what)
 
 
 def trigger_prompts(concept: Concept, n: int = 4, seed: int = 4242) -> list[str]:

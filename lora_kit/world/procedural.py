@@ -76,12 +76,8 @@ def _colors(rng: np.random.Generator) -> tuple[tuple, tuple, tuple]:
         a = S.COLORS[name]
         b = S.stripe_tint(name) if rng.random() < 0.7 else S.COLORS[names[int(rng.integers(len(names)))]]
         bg = S.BACKGROUNDS[bgs[int(rng.integers(len(bgs)))]]
-        if min(_dist(bg, a), _dist(bg, b)) >= S.MIN_CONTRAST and _dist(a, b) > 60:
+        if min(S.rgb_distance(bg, a), S.rgb_distance(bg, b)) >= S.MIN_CONTRAST and S.rgb_distance(a, b) > 60:
             return a, b, bg
-
-
-def _dist(a, b) -> float:
-    return float(np.linalg.norm(np.subtract(a, b, dtype=np.float64)))
 
 
 def _polygon_mask(rng: np.random.Generator, scene: S.Scene) -> Image.Image:

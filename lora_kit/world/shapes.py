@@ -111,14 +111,14 @@ def fill_colors(color: str, fill: str) -> list[tuple[int, int, int]]:
     return [COLORS[color]] + ([stripe_tint(color)] if fill != "solid" else [])
 
 
-def _distance(a: Sequence[int], b: Sequence[int]) -> float:
+def rgb_distance(a: Sequence[int], b: Sequence[int]) -> float:
     return float(np.linalg.norm(np.subtract(a, b, dtype=np.float64)))
 
 
 def is_visible(color: str, background: str, fill: str = "solid") -> bool:
     """Whether every colour the shape is painted in stands out from the background."""
     bg = BACKGROUNDS[background]
-    return all(_distance(c, bg) >= MIN_CONTRAST for c in fill_colors(color, fill))
+    return all(rgb_distance(c, bg) >= MIN_CONTRAST for c in fill_colors(color, fill))
 
 
 def shape_extent(shape: str, size: int) -> tuple[float, float]:
