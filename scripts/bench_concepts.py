@@ -9,7 +9,8 @@ demo's (4 trigger prompts written like the captions + the demo's 4 plain prompts
 signature learned from the training images.
 
   python scripts/bench_concepts.py --concepts subject:hexagon:sks,style:checker:zyk [--out runs/concepts]
-      [--set optimizer.lr=3e-3] [--steps N] [--seeds 5]
+      [--set optimizer.lr=3e-3] [--steps N] [--seeds 5] [--data-seed K]
+  python scripts/bench_concepts.py --rescore runs/concepts   # the saved grids again, with today's scorer
 
 A concept is KIND:NAME:TRIGGER; KIND is subject (NAME a shape of lora_kit.world.shapes.ALL_SHAPES) or style
 (NAME a fill of ALL_FILLS, drawn on the four base shapes). Offline, CPU; about 5 minutes per concept on 2 cores.
@@ -24,12 +25,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lora_kit.infer.grid import load_manifest  # noqa: E402
 from lora_kit.runtime import configure_threads  # noqa: E402
 from lora_kit.world import demo  # noqa: E402
 from lora_kit.world.concepts import CONCEPTS, STYLE, SUBJECT, Concept, write_concept_dataset  # noqa: E402
@@ -55,9 +58,9 @@ def trigger_prompts(concept: Concept, n: int = 4, seed: int = 4242) -> list[str]
             for _ in range(n)]
 
 
-def run_one(spec: str, out: Path, seeds: int, steps: int, overrides: list[str]) -> dict:
+def run_one(spec: str, out: Path, seeds: int, steps: int, overrides: list[str], data_seed: int = 0) -> dict:
     kind, name, trigger = spec.split(":")
-    concept = make_concept(kind, name, trigger, seed=5000 + sum(map(ord, name)))
+    concept = make_concept(kind, name, trigger, seed=5000 + sum(map(ord, name)) + data_seed)
     folder = out / f"{kind}-{name}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -72,9 +75,20 @@ def run_one(spec: str, out: Path, seeds: int, steps: int, overrides: list[str]) 
     s = scores["summary"]
     row = {"concept": spec, "signature": scores["concept"].describe(), "weight1": s[1.0], "weight0": s[0.0],
            "targets": scores["targets"], "train_s": round(trained), "total_s": round(time.perf_counter() - t0),
-           "overrides": overrides, "steps": r.train.max_steps, "prompts": prompts}
+           "overrides": overrides, "steps": r.train.max_steps, "prompts": prompts, "data_seed": data_seed}
     (folder / "row.json").write_text(json.dumps(row, indent=2, default=str))
     return row
+
+
+def rescore(folder: Path) -> dict:
+    """A finished concept's row again from its saved grid and training images (a scorer change needs no training)."""
+    row = json.loads((folder / "row.json").read_text())
+    trigger = row["concept"].split(":")[2]
+    data = next(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("shapes-"))
+    grid = SimpleNamespace(out_dir=folder / "grid", cells=load_manifest(folder / "grid")["cells"])
+    scores = demo.score_demo(grid, trigger, data)
+    s = scores["summary"]
+    return {**row, "signature": scores["concept"].describe(), "weight1": s[1.0], "weight0": s[0.0], "targets": scores["targets"]}
 
 
 def _pct(v) -> str:
@@ -103,11 +117,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the recipe's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--data-seed", type=int, default=0, help="draw another training set of the same concept")
+    ap.add_argument("--rescore", type=Path, metavar="DIR", help="score the finished concepts under DIR again (no training)")
     a = ap.parse_args()
     configure_threads()
+    if a.rescore:
+        rows = [rescore(p.parent) for p in sorted(a.rescore.rglob("row.json"))]
+        print(table(rows))
+        return
     rows = []
     for spec in a.concepts.split(","):
-        rows.append(run_one(spec, Path(a.out), a.seeds, a.steps, a.overrides))
+        rows.append(run_one(spec, Path(a.out), a.seeds, a.steps, a.overrides, a.data_seed))
         print(f"{spec}: {json.dumps(rows[-1], default=str)}", flush=True)
     print("\n" + table(rows))
     print("ROWS " + json.dumps(rows, default=str))

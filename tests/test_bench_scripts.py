@@ -59,3 +59,14 @@ def test_profile_train_prints_phases_and_profile(tmp_path):
                           "--workdir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "per step: data" in res.stdout and "Self CPU time total" in res.stdout
+
+
+def test_eval_world_scorer_prints_a_row_per_setting():
+    import eval_world_scorer as ews
+
+    out = ews.rows(n=14, seed=3)
+    settings = sum(len(d) for _, _, d in ews.SETTINGS.values())
+    assert len(out) == 2 + settings and out[2].startswith("| demo world, ground truth | ")
+    rates = [float(v) for line in out[2:] for v in line.strip("| ").split(" | ")[1:]]
+    assert len(rates) == settings * 7 and all(0.0 <= r <= 1.0 for r in rates)
+    assert out[2].endswith("| 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |")  # ground truth, 14 scenes

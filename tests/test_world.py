@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from lora_kit.errors import UserError
 from lora_kit.world import segment
 from lora_kit.world.concepts import CONCEPTS, PRIOR, STYLE, SUBJECT, write_concept_dataset
-from lora_kit.world.score import LABELS, fill_labels_of, labels_of, score_batch, score_image
+from lora_kit.world.score import LABELS, degrade, fill_labels_of, labels_of, score_batch, score_image
 from lora_kit.world.shapes import (
     BACKGROUNDS,
     BASE_SHAPES,
@@ -37,12 +37,6 @@ CAPTION = re.compile(r"^an? (?P<color>[a-z]+)(?P<striped> striped)? (?P<shape>[a
 
 def _pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-
-
-def degrade(image: Image.Image, rng: np.random.Generator, blur: float, noise: float) -> np.ndarray:
-    """What a blurry, noisy generation of the same scene might look like."""
-    blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float64)
-    return np.clip(np.round(blurred + rng.normal(0, noise, blurred.shape)), 0, 255).astype(np.uint8)
 
 
 # --- generator --------------------------------------------------------------------------------------

@@ -40,6 +40,17 @@ def test_scorer_reads_every_field_on_ground_truth(every_kind):
         assert rates[field] >= 0.97, rates
 
 
+def test_lattices_read_on_small_and_pointed_shapes():
+    """A dotted star or triangle holds one or two rows of its dots, so the column wave explains little: the
+    reader looks for a square lattice's second axis where it must be (the first wave turned by 90 degrees)."""
+    for fill, floor in (("dots", 0.94), ("checker", 0.98)):
+        scenes = generate(200, seed=23, shapes=ALL_SHAPES, fills=(fill,))
+        rates = score_batch([im for im, _, _ in scenes], [fill_labels_of(s) for _, _, s in scenes])
+        # measured: dots orientation 0.975 and all fields 0.95 (0.945 / 0.92 reading only the residual's strongest
+        # wave), checker 0.995 / 0.99
+        assert rates["orientation"] >= 0.965 and rates["all"] >= floor, (fill, rates)
+
+
 def test_fill_reader_names_orientation_and_period():
     for fill, orientations in (("hstripes", ["horizontal"]), ("vstripes", ["vertical"]), ("stripes", ["/"]),
                                ("backslash", ["\\"]), ("checker", ["/", "\\"]), ("dots", ["horizontal", "vertical"])):

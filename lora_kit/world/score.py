@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from lora_kit.world.segment import (
     border_pixels, erode, fill_holes, foreground_mask, hull_area, largest_component, median3, radial_peaks,
@@ -334,3 +334,10 @@ def score_batch(images: Sequence, expected: Mapping | Sequence[Mapping]) -> dict
     rates["all"] = all_right / len(images) if images else 0.0
     rates["n"] = float(len(images))
     return rates
+
+
+def degrade(image: Image.Image, rng: np.random.Generator, blur: float, noise: float) -> np.ndarray:
+    """What a blurry, noisy generation of the same scene might look like: the scorer's robustness is measured on
+    these (tests/test_world.py, scripts/eval_world_scorer.py)."""
+    blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float64)
+    return np.clip(np.round(blurred + rng.normal(0, noise, blurred.shape)), 0, 255).astype(np.uint8)

@@ -7,7 +7,9 @@ finds the plane waves that explain the shape's inside.
 Method: the core's colours are projected on their first principal axis (a hue-only contrast, orange on
 a darker orange, counts as much as a luminance one); the strongest peak of that signal's zero-padded 2-D
 spectrum gives a wave vector, refined by least squares on the pixels themselves (the core is not a
-rectangle, so the spectrum alone is smeared); the fitted wave is removed and a second one looked for.
+rectangle, so the spectrum alone is smeared); the fitted wave is removed and a second one looked for: the
+residual's strongest, else the first turned by 90 degrees at its period (a square lattice's other axis, weak
+where a small or pointed shape holds one or two rows of dots).
 A fill is periodic when the waves explain at least PERIODIC_EXPLAINED of the variance. Each wave's
 direction names an orientation of the pattern ("/" stripes are waves along (1, 1)); its wavelength is the
 period. Measured on the generator's fills: one wave for stripes (a square wave's fundamental explains
@@ -28,6 +30,16 @@ MIN_PERIODS = 1.25  # the core must span this many periods along the wave
 PERIODIC_EXPLAINED = 0.5  # share of the variance the (at most two) waves explain
 SECOND_WAVE = 0.2  # a second wave counts when it explains this share of the variance on its own (noise on a
 # small core fits up to ~0.12; a checkerboard's or a dot grid's second wave explains 0.25-0.35)
+LATTICE_WAVE = 0.08  # ...or this share when it is the first wave turned by 90 degrees at the same period: a square
+# lattice's second axis. A dotted triangle or star holds one or two rows of dots, so its column wave explains only
+# 0.12-0.2 (a LoRA's dotted triangles: 4 of 5 read as one-way bands or solid); noise does not land on that one
+# wave vector, and a stripe's harmonics lie along its own axis.
+LATTICE_TOLERANCE = (6.0, 0.12)  # degrees off perpendicular, relative period difference
+LATTICE_EXPLAINED = 0.55  # a fill read with that weaker second axis must explain this much (not PERIODIC_EXPLAINED):
+# a solid star under blur and noise fits an edge wave and a turned one to 0.51; dotted triangles 0.63-0.73
+LATTICE_MIN_PERIODS = 1.5  # ...and only where the core spans this many periods of the refined first wave: a blob's
+# shading (a bright centre, a mottled ControlNet fill) fits a pair of crossed waves 1.1-1.4 periods across its core.
+# (Holding the first wave itself to MIN_PERIODS after refining cost small striped shapes 5 points.)
 SNAP_DEGREES = 15.0  # orientation within this of 0/45/90/135 degrees gets its name
 _NAMES = {0: "vertical", 45: "/", 90: "horizontal", 135: "\\"}
 _PAD = 128  # spectrum size (zero padding): a 64 px picture's core spans 1.5-4 periods
@@ -95,6 +107,22 @@ def _strongest_wave(values, xs, ys, extent: float) -> tuple[float, tuple[float, 
     return best  # type: ignore[return-value]
 
 
+def _lattice_partner(values, xs, ys, k1) -> tuple[float, tuple[float, float]]:
+    """(share, wave vector) of the best wave near k1 turned by 90 degrees, at the same period."""
+    best = (0.0, (0.0, 0.0))
+    turned = math.atan2(k1[1], k1[0]) + math.pi / 2
+    radius = math.hypot(*k1)
+    max_deg, max_rel = LATTICE_TOLERANCE
+    for deg in np.linspace(-max_deg, max_deg, 5):
+        for rel in np.linspace(-max_rel, max_rel, 5):
+            angle, r = turned + math.radians(deg), radius * (1 + rel)
+            k = (r * math.cos(angle), r * math.sin(angle))
+            share, _ = _fit(values, xs, ys, k)
+            if share > best[0]:
+                best = (share, k)
+    return best
+
+
 def read_fill(rgb: np.ndarray, core: np.ndarray) -> FillReading:
     """The fill of the pixels under `core` (a boolean mask of the shape's inside, edges eroded away)."""
     ys, xs = np.nonzero(core)
@@ -111,10 +139,17 @@ def read_fill(rgb: np.ndarray, core: np.ndarray) -> FillReading:
     share2, k2, _ = _strongest_wave(values - wave1, xs, ys, extent)
     share2 *= 1.0 - share1  # of the residual -> of the whole variance (least squares: residual = 1 - share1)
     name1 = orientation_name(*k1)
+    lattice = False
     if share2 >= SECOND_WAVE and orientation_name(*k2) != name1:
         waves.append((share2, k2))
+    elif extent >= LATTICE_MIN_PERIODS / math.hypot(*k1):
+        share2, k2 = _lattice_partner(values - wave1, xs, ys, k1)
+        share2 *= 1.0 - share1
+        lattice = share2 >= LATTICE_WAVE and orientation_name(*k2) != name1
+        if lattice:
+            waves.append((share2, k2))
     explained = sum(s for s, _ in waves)
-    if explained < PERIODIC_EXPLAINED:
+    if explained < (LATTICE_EXPLAINED if lattice else PERIODIC_EXPLAINED):
         return FillReading("solid", explained=explained)
     names = tuple(sorted({orientation_name(*k) for _, k in waves}))
     return FillReading("periodic", names, 1.0 / math.hypot(*k1), explained)
