@@ -21,7 +21,7 @@ from lora_kit.runtime import configure_threads
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lora_kit.train.command", "train a LoRA from a TOML recipe"),
-    "demo": ("lora_kit.world.demo", "offline end-to-end demo on the embedded tiny world"),
+    "demo": ("lora_kit.world.demo_command", "offline end-to-end demo on the embedded tiny world"),
     "init-model": ("lora_kit.models.command", "write a tiny random-init model (tiny-sd15, tiny-sd2v, tiny-sdxl)"),
     "buckets": ("lora_kit.data.bucket_command", "print the aspect-ratio bucket histogram of a dataset"),
     "cache": ("lora_kit.data.cache_command", "precompute the latent/text cache of a recipe"),

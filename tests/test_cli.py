@@ -48,3 +48,15 @@ def test_user_errors_stay_one_line_and_debug_adds_the_traceback(tmp_path, monkey
     err = capsys.readouterr().err
     assert "Traceback" in err and err.endswith("lora-kit train: error: --stop-after -1: expected 0 (run to the end) or a number of steps >= 1\n")
 
+
+
+@pytest.mark.parametrize("name", ["demo", "train", "recipe"])
+def test_help_does_not_import_torch(name):
+    """`--help` answers at once: no torch, diffusers or trainer import behind it."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom lora_kit.cli import main\ntry:\n    main([{name!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'lora_kit.train.recipe') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-1500:]

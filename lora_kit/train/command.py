@@ -8,9 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from lora_kit.config.load import load_recipe
-from lora_kit.config.preflight import check_before_training
 from lora_kit.errors import UserError
-from lora_kit.train.recipe import LoraTrainer
 
 
 def add_arguments(p) -> None:
@@ -36,6 +34,10 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, list(args.overrides))
     if args.output_dir:  # a typed value, not a quoted override string
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir.replace("{name}", recipe.name))
+    # Imported here: preflight and the trainer pull in torch and diffusers, which `lora-kit train --help` does not need.
+    from lora_kit.config.preflight import check_before_training
+    from lora_kit.train.recipe import LoraTrainer
+
     check_before_training(recipe)  # paths, output locations, model-dependent values: before the model loads
     trainer = LoraTrainer(recipe, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite,
                           force_resume=args.force_resume)

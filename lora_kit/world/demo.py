@@ -45,20 +45,6 @@ PLAIN_PROMPTS = ["a red circle on a white background", "a blue square on a grey 
 WEIGHTS = [0.0, 0.5, 1.0]
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--style", action="store_true", help="learn the stripes style instead of the star subject")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--steps", type=int, default=0, help="training steps (default: the recipe's)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per prompt in the grid (5: a rate over 20 images, one image = 5 points)")
-    # 12, not the world's 20: measured on a star and a checkerboard LoRA, the same rates at every weight (star 95-100 %,
-    # checker 100 %, no bleed, no drift) in 60 % of the grid time; at 8 the plain prompts' colours slipped (docs/benchmarks.md)
-    p.add_argument("--sample-steps", type=int, default=12, help="sampler steps per grid cell (default 12)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a key of the demo recipe (repeatable), e.g. --set optimizer.lr=5e-4")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run: 2 training steps, 1 seed, 2 sampling steps, 2 prompts")
-
-
 def _prepare_data(dataset: str, trigger: str, out: Path) -> tuple[Path, str]:
     """Copy the shipped concept images into the run and caption any image that has no caption."""
     data = out / "data"
