@@ -65,6 +65,20 @@ def test_jobs_one_per_distinct_caption_bucket_and_seed(tmp_path, monkeypatch):
     assert [j.png for j in caption_jobs(r, SETTINGS)] == [j.png for j in jobs]
 
 
+def test_unreadable_concept_file_is_left_to_the_trainer_to_warn_about(tmp_path, monkeypatch, caplog):
+    """The priors look at the concept set before the trainer scans it: a bad file is counted, not warned about
+    twice (the trainer's scan warns once)."""
+    monkeypatch.setenv("LORA_KIT_CACHE", str(tmp_path / "cache"))
+    concept = _concept(tmp_path / "concept")
+    (concept / "2_zyk" / "broken.png").write_bytes(b"not a png")
+    r = load_recipe("tiny-smoke", _over(concept))
+    with caplog.at_level("WARNING"):
+        assert len(caption_jobs(r, SETTINGS)) == 6
+        assert not [m for m in caplog.messages if "broken.png" in m]
+        assert scan_dataset(r.dataset).skipped.count == 1  # the trainer's scan
+        assert len([m for m in caplog.messages if "skipping unreadable image broken.png" in m]) == 1
+
+
 def test_view_mirrors_a_reg_root_named_like_a_subset(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_KIT_CACHE", str(tmp_path / "cache"))
     own = tmp_path / "3_dog"  # a root named N_name is a subset itself: it must stay one in the view

@@ -57,7 +57,8 @@ def caption_jobs(recipe, settings: dict) -> list[RenderJob]:
     buckets = buckets_for(recipe.buckets)
     wanted: dict[tuple[str, tuple[int, int]], None] = {}  # ordered set
     empty = 0
-    for record in scan_dataset(ds, decode=False).records:
+    # warn=False: the trainer scans the concept set again and warns about each unreadable file there, once.
+    for record in scan_dataset(ds, decode=False, warn=False).records:
         caption = strip_trigger(base_caption(record.caption, record.class_tokens), ds.trigger_word, ds.tag_separator or ",")
         if not caption:
             empty += 1

@@ -32,13 +32,15 @@ class SkipCounter:
     """Counts skipped files and warns once per file."""
 
     skipped: dict[str, str] = field(default_factory=dict)
+    warn: bool = True  # False for a scan another one repeats (the caption priors' look at the concept set)
 
     def skip(self, path: str | os.PathLike, reason: str) -> None:
         key = str(path)
         reason = reason.replace(key, Path(key).name)  # Pillow quotes the full path; stats must not carry it
         if key not in self.skipped:
             self.skipped[key] = reason
-            log.warning("skipping unreadable image %s: %s", Path(key).name, reason)
+            if self.warn:
+                log.warning("skipping unreadable image %s: %s", Path(key).name, reason)
 
     @property
     def count(self) -> int:

@@ -242,9 +242,11 @@ def _checked(cands: list[ImageRecord], limit: int, skips: SkipCounter, workers: 
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-def scan_dataset(cfg: DatasetConfig, reg: bool = False, workers: int = 8, decode: bool = False) -> ScanResult:
+def scan_dataset(cfg: DatasetConfig, reg: bool = False, workers: int = 8, decode: bool = False,
+                 warn: bool = True) -> ScanResult:
     """Scan `cfg.path` (or `cfg.reg_path` with reg=True) into `ImageRecord`s; `decode`: decode every image
-    fully now (when no latent cache will), else read headers and tails only."""
+    fully now (when no latent cache will), else read headers and tails only; `warn=False`: count unreadable
+    files without a warning each (a scan the trainer's own repeats)."""
     raw = cfg.reg_path if reg else cfg.path
     what = "[dataset] reg_path" if reg else "[dataset] path"
     if not raw:
@@ -258,7 +260,7 @@ def scan_dataset(cfg: DatasetConfig, reg: bool = False, workers: int = 8, decode
     finder = {"folder": _folder_candidates, "imagefolder": _imagefolder_candidates, "hf_disk": _disk_candidates}
     if kind not in finder:
         raise UserError(f"[dataset] kind: expected auto, folder, imagefolder or hf_disk, got {kind!r}")
-    skips = SkipCounter()
+    skips = SkipCounter(warn=warn)
     cands = finder[kind](root, cfg, repeats, tokens, reg, skips)
     limit = 0 if reg else cfg.max_images
     records = _checked(cands, limit, skips, workers, decode)
