@@ -60,3 +60,22 @@ def test_two_process_resume_is_exact(tmp_path):
     a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "part" / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_two_processes_render_caption_priors_once_and_train_on_them(tmp_path):
+    """reg_from_captions under DDP: the main process renders, the other waits; both train on the same view."""
+    env = _env(tmp_path, "idx")
+    env["LORA_KIT_CACHE"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lora_kit", "train", "tiny-smoke",
+           "--output-dir", str(tmp_path / "run"), *ARGS, 'dataset.trigger_word="ohwx"', "dataset.reg_from_captions=1",
+           "train.max_steps=2"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pictures = sorted((tmp_path / "cache" / "class_images" / "captions").glob("*.png"))
+    views = [v for v in (tmp_path / "cache" / "class_images" / "views").iterdir()]
+    assert pictures and len(views) == 1 and not views[0].name.startswith(".tmp")  # one view, no leftover temp folder
+    assert res.stderr.count("caption priors:   0%") == 1  # one progress bar: rendered by one process
+    r0 = json.loads((tmp_path / "idx" / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "idx" / "rank1.json").read_text())
+    assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)  # 2 steps x batch 2 each, disjoint shards of one set
