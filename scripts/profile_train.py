@@ -7,6 +7,7 @@ torch.profiler's top operators by device and by CPU time for two steps.
   python scripts/profile_train.py --sd15 --resolution 512 --batch 4     # GPU
   python scripts/profile_train.py --sdxl --resolution 1024 --batch 1    # GPU
   python scripts/profile_train.py --resolution 64 --batch 4             # tiny model, CPU
+  python scripts/profile_train.py --recipe recipes/demo-subject.toml --set train.batch_size=4   # a recipe as it is
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--reference", action="store_true", help="profile bench_train's reference loop instead")
     ap.add_argument("--workdir", help="folder for the random-init model and the run (kept; reused by a second call)")
+    ap.add_argument("--recipe", help="profile this recipe's own model, data and settings (--model/--resolution/--batch ignored)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="with --recipe")
     a = ap.parse_args()
     tmp = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="profile-train-"))
     model = a.model
@@ -64,21 +67,34 @@ def main() -> None:
     if a.reference:
         return profile_reference(model, a.resolution, a.batch, n)
     t0 = time.perf_counter()
-    t = bt.lora_kit_trainer(model, a.resolution, a.batch, 3 + 2 * n + 2, str(tmp / "run"))
+    t = recipe_trainer(a.recipe, a.overrides, str(tmp / "run")) if a.recipe else \
+        bt.lora_kit_trainer(model, a.resolution, a.batch, 3 + 2 * n + 2, str(tmp / "run"))
     dev = t.accelerator.device
     print(f"setup {time.perf_counter() - t0:.1f} s, setup peak {bt.peak_mb(dev):.0f} MiB, offloaded {len(t.offloaded)}")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    gen = t.data.batches(0)  # the real iterator: loading batches from the cache is part of every step
+    gen = bt.endless_batches(t)  # the real iterator: loading batches from the cache is part of every step
     free = bt.time_steps(lambda k: bt.lora_kit_step(t, next(gen), k), 3, n, dev)
     phases = phase_times(t, gen, n, 3 + n)
     total = sum(phases.values()) / n
-    print(f"\n{model if not (a.sd15 or a.sdxl) else ('SD1.5-sized' if a.sd15 else 'SDXL-sized')}, {a.resolution} px, batch {a.batch}, "
+    label = a.recipe or (model if not (a.sd15 or a.sdxl) else ('SD1.5-sized' if a.sd15 else 'SDXL-sized'))
+    print(f"\n{label} {' '.join(a.overrides)}, {t.recipe.buckets.resolution} px, batch {t.recipe.train.batch_size}, "
           f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}")
-    print(f"step without syncs: {free * 1000:.1f} ms ({a.batch / free:.2f} images/s); with syncs: {total * 1000:.1f} ms")
+    print(f"step without syncs: {free * 1000:.1f} ms ({t.recipe.train.batch_size / free:.2f} images/s); with syncs: {total * 1000:.1f} ms")
     print("per step: " + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in phases.items()))
     print(f"training peak {bt.peak_mb(dev):.0f} MiB")
     print_profile(lambda k: bt.lora_kit_step(t, next(gen), 3 + 2 * n + k), dev)
+
+
+def recipe_trainer(path: str, overrides: list[str], out: str):
+    """LoraTrainer for a recipe file as a user runs it (its data, model and settings), writing nothing to keep."""
+    from lora_kit.config.load import load_recipe
+    from lora_kit.train.recipe import LoraTrainer
+
+    r = load_recipe(path, [f'output_dir="{out}"', "save.every_n_steps=0", "log.tensorboard=false", *overrides])
+    t = LoraTrainer(r)
+    t.setup()
+    return t
 
 
 def profile_reference(model: str, res: int, batch: int, n: int) -> None:

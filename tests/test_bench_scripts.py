@@ -70,3 +70,14 @@ def test_eval_world_scorer_prints_a_row_per_setting():
     rates = [float(v) for line in out[2:] for v in line.strip("| ").split(" | ")[1:]]
     assert len(rates) == settings * 7 and all(0.0 <= r <= 1.0 for r in rates)
     assert out[2].endswith("| 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |")  # ground truth, 14 scenes
+
+
+def test_profile_train_runs_a_shipped_recipe_as_it_is(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_train.py"), "--steps", "1", "--workdir", str(tmp_path),
+                          "--recipe", str(ROOT / "recipes" / "demo-subject.toml"), "--set", "train.batch_size=2"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    header = next(line for line in res.stdout.splitlines() if "demo-subject.toml" in line)
+    assert "train.batch_size=2, 64 px, batch 2, cpu" in header  # the recipe's resolution, the override's batch
+    assert "per step: data" in res.stdout and "Self CPU time total" in res.stdout
