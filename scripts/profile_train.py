@@ -78,7 +78,8 @@ def main() -> None:
     phases = phase_times(t, gen, n, 3 + n)
     total = sum(phases.values()) / n
     label = a.recipe or (model if not (a.sd15 or a.sdxl) else ('SD1.5-sized' if a.sd15 else 'SDXL-sized'))
-    print(f"\n{label} {' '.join(a.overrides)}, {t.recipe.buckets.resolution} px, batch {t.recipe.train.batch_size}, "
+    label = " ".join([label, *a.overrides])
+    print(f"\n{label}, {t.recipe.buckets.resolution} px, batch {t.recipe.train.batch_size}, "
           f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}")
     print(f"step without syncs: {free * 1000:.1f} ms ({t.recipe.train.batch_size / free:.2f} images/s); with syncs: {total * 1000:.1f} ms")
     print("per step: " + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in phases.items()))
@@ -88,6 +89,7 @@ def main() -> None:
 
 def recipe_trainer(path: str, overrides: list[str], out: str):
     """LoraTrainer for a recipe file as a user runs it (its data, model and settings), writing nothing to keep."""
+    # Imported here, as in bench_train: the trainer pulls in torch and diffusers, which --help does not need.
     from lora_kit.config.load import load_recipe
     from lora_kit.train.recipe import LoraTrainer
 
