@@ -346,17 +346,24 @@ def lora_kit_trainer(model: str, res: int, batch: int, max_steps: int, out: str,
     to_q/k/v/out.0, AdamW8bit) at `res` on `data` (default: the shipped star set)."""
     import torch
 
+    gpu = torch.cuda.is_available()
+    return recipe_trainer("tiny-smoke", [
+        f'model.pretrained="{model}"', f"buckets.resolution={res}", f"buckets.bucket_reso_steps={max(8, res // 8)}",
+        f"buckets.min_bucket_reso={res // 2}", f"buckets.max_bucket_reso={res * 2}", f"train.batch_size={batch}",
+        f"train.max_steps={max_steps}", "network.rank=16", "network.alpha=16",
+        "dataset.caption_dropout=0.0", f'train.mixed_precision="{"bf16" if gpu else "no"}"',
+        'train.gradient_checkpointing="auto"', *([f'dataset.path="{data}"'] if data else []), *extra,
+    ], out)
+
+
+def recipe_trainer(recipe: str, overrides, out: str):
+    """lora-kit's real LoraTrainer for a recipe (a shipped name or a file) with `overrides`, set up, writing
+    to `out` and nothing worth keeping (no checkpoints, no TensorBoard logs)."""
+    # Imported here: each loop runs in its own process, and only lora-kit's loops need the trainer.
     from lora_kit.config.load import load_recipe
     from lora_kit.train.recipe import LoraTrainer
 
-    gpu = torch.cuda.is_available()
-    r = load_recipe("tiny-smoke", [
-        f'model.pretrained="{model}"', f'output_dir="{out}"', f"buckets.resolution={res}", f"buckets.bucket_reso_steps={max(8, res // 8)}",
-        f"buckets.min_bucket_reso={res // 2}", f"buckets.max_bucket_reso={res * 2}", f"train.batch_size={batch}",
-        f"train.max_steps={max_steps}", "network.rank=16", "network.alpha=16", "save.every_n_steps=0",
-        "log.tensorboard=false", "dataset.caption_dropout=0.0", f'train.mixed_precision="{"bf16" if gpu else "no"}"',
-        'train.gradient_checkpointing="auto"', *([f'dataset.path="{data}"'] if data else []), *extra,
-    ])
+    r = load_recipe(recipe, [f'output_dir="{out}"', "save.every_n_steps=0", "log.tensorboard=false", *overrides])
     t = LoraTrainer(r)
     t.setup()
     return t

@@ -67,7 +67,7 @@ def main() -> None:
     if a.reference:
         return profile_reference(model, a.resolution, a.batch, n)
     t0 = time.perf_counter()
-    t = recipe_trainer(a.recipe, a.overrides, str(tmp / "run")) if a.recipe else \
+    t = bt.recipe_trainer(a.recipe, a.overrides, str(tmp / "run")) if a.recipe else \
         bt.lora_kit_trainer(model, a.resolution, a.batch, 3 + 2 * n + 2, str(tmp / "run"))
     dev = t.accelerator.device
     print(f"setup {time.perf_counter() - t0:.1f} s, setup peak {bt.peak_mb(dev):.0f} MiB, offloaded {len(t.offloaded)}")
@@ -85,18 +85,6 @@ def main() -> None:
     print("per step: " + ", ".join(f"{k} {v / n * 1000:.1f} ms" for k, v in phases.items()))
     print(f"training peak {bt.peak_mb(dev):.0f} MiB")
     print_profile(lambda k: bt.lora_kit_step(t, next(gen), 3 + 2 * n + k), dev)
-
-
-def recipe_trainer(path: str, overrides: list[str], out: str):
-    """LoraTrainer for a recipe file as a user runs it (its data, model and settings), writing nothing to keep."""
-    # Imported here, as in bench_train: the trainer pulls in torch and diffusers, which --help does not need.
-    from lora_kit.config.load import load_recipe
-    from lora_kit.train.recipe import LoraTrainer
-
-    r = load_recipe(path, [f'output_dir="{out}"', "save.every_n_steps=0", "log.tensorboard=false", *overrides])
-    t = LoraTrainer(r)
-    t.setup()
-    return t
 
 
 def profile_reference(model: str, res: int, batch: int, n: int) -> None:
