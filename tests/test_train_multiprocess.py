@@ -63,13 +63,14 @@ def test_two_process_resume_is_exact(tmp_path):
 
 
 def test_two_processes_render_caption_priors_once_and_train_on_them(tmp_path):
-    """reg_from_captions under DDP: the main process renders, the other waits; both train on the same view."""
+    """reg_from_captions under DDP: the main process renders, the other waits; both train on the same view,
+    towards the base model's prediction (its forward on the modules inside the DDP wrappers)."""
     env = _env(tmp_path, "idx")
     env["LORA_KIT_CACHE"] = str(tmp_path / "cache")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lora_kit", "train", "tiny-smoke",
            "--output-dir", str(tmp_path / "run"), *ARGS, 'dataset.trigger_word="ohwx"', "dataset.reg_from_captions=1",
-           "train.max_steps=2"]
+           "train.max_steps=2", 'loss.prior_target="base"', "network.train_text_encoder=true"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     pictures = sorted((tmp_path / "cache" / "class_images" / "captions").glob("*.png"))
@@ -79,3 +80,4 @@ def test_two_processes_render_caption_priors_once_and_train_on_them(tmp_path):
     r0 = json.loads((tmp_path / "idx" / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "idx" / "rank1.json").read_text())
     assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)  # 2 steps x batch 2 each, disjoint shards of one set
+    assert "reg x1 towards the base model" in res.stdout

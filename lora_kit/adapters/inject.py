@@ -31,6 +31,7 @@ LoKr case 1.45-1.70x slower), so peft is not the slower choice.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ from diffusers.training_utils import cast_training_params
 from peft import (
     LoHaConfig, LoKrConfig, LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict,
 )
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lora_kit.adapters.blocks import BlockLayout, block_index, block_layout, block_lr_weights, per_block
 from lora_kit.adapters.names import layout_from_config
@@ -222,3 +224,20 @@ def load_adapter_state_dicts(unet, text_encoders: list, unet_sd: dict, te_sds: l
         raise RuntimeError(f"unexpected adapter keys: {res.unexpected_keys[:5]}")
     for te, sd in zip(text_encoders, te_sds):
         set_peft_model_state_dict(te, sd, adapter_name=ADAPTER_NAME)
+
+
+@contextlib.contextmanager
+def adapters_disabled(modules):
+    """The base model inside the block: every peft adapter layer of `modules` switched off, then back on.
+    peft's `enable_adapters(True)` makes every adapter parameter trainable; the flags each had are put back."""
+    layers = [m for module in modules for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    flags = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -147,6 +147,8 @@ def check_class_images(r: Recipe) -> None:
     if d.reg_prompt and r.loss.prior_loss_weight <= 0:
         _fail(r, "[loss] prior_loss_weight", "must be > 0 when [dataset] reg_prompt is set")
     check_caption_priors(r)
+    if r.loss.prior_target == "base" and not (d.reg_path or d.reg_prompt or d.reg_from_captions):
+        _fail(r, "[loss] prior_target", "\"base\" changes what prior (reg) pictures are trained towards: set [dataset] reg_path, reg_prompt or reg_from_captions, or prior_target = \"image\"")
 
 
 def check_caption_priors(r: Recipe) -> None:

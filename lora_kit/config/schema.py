@@ -158,6 +158,11 @@ class LossConfig:
     min_timestep: int = 0
     max_timestep: int = 1000
     prior_loss_weight: float = 1.0
+    # What a prior (reg) sample is trained towards: "image" = the noise its picture was noised with (kohya,
+    # DreamBooth); "base" = what the base model (adapters off) predicts for the same noisy latent, timestep
+    # and caption (ai-toolkit's differential output preservation, on the prior set): the adapter is taught
+    # to leave prompts without the trigger as the base draws them. Costs one no-grad forward of the prior rows.
+    prior_target: Literal["image", "base"] = "image"
     type: Literal["l2", "huber", "smooth_l1"] = "l2"  # kohya loss_type
     huber_schedule: Literal["constant", "exponential", "snr"] = "snr"  # kohya's default
     huber_c: float = 0.1

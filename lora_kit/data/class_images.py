@@ -29,9 +29,9 @@ import re
 from pathlib import Path
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from tqdm.auto import tqdm
 
+from lora_kit.adapters.inject import adapters_disabled
 from lora_kit.errors import UserError
 from lora_kit.infer.defaults import components_sampling_defaults
 from lora_kit.infer.pipeline import LoraPipeline
@@ -65,13 +65,6 @@ def _slug(prompt: str) -> str:
 
 def class_folder(key: str) -> Path:
     return cache_dir() / "class_images" / key
-
-
-def _adapters_enabled(modules, enabled: bool) -> None:
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, BaseTunerLayer):
-                m.enable_adapters(enabled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +110,7 @@ def render_jobs(bundle, settings: dict, jobs: list[RenderJob], device, desc: str
     try:
         for m, _ in homes:
             m.to(device)
-        _adapters_enabled(modules, False)
-        with tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+        with adapters_disabled(modules), tqdm(total=len(jobs), desc=desc, unit="img") as bar:
             for chunk in _batches(jobs):
                 cells = [base.replace(prompt=j.prompt, width=j.width, height=j.height, seed=j.seed) for j in chunk]
                 for job, image in zip(chunk, pipe.generate(cells, fuse=False)):
@@ -128,7 +120,6 @@ def render_jobs(bundle, settings: dict, jobs: list[RenderJob], device, desc: str
                     atomic_write_bytes(job.png, buf.getvalue())  # last: the .png marks it done
                 bar.update(len(chunk))
     finally:
-        _adapters_enabled(modules, True)
         for m, home in homes:
             m.to(home)
 

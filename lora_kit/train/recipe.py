@@ -162,13 +162,13 @@ class LoraTrainer:
                                self.recipe.network.train_text_encoder, self.ema)
 
     def _step_context(self) -> StepContext:
-        r, b = self.recipe, self.bundle
+        r, b, acc = self.recipe, self.bundle, self.accelerator
         return StepContext(
             unet=self.unet, vae=b.vae, text_encoders=self.text_encoders, tokenizers=b.tokenizers,
-            alphas_cumprod=b.noise_scheduler.alphas_cumprod.to(self.accelerator.device),
+            alphas_cumprod=b.noise_scheduler.alphas_cumprod.to(acc.device),
             prediction_type=b.prediction_type, sdxl=b.is_sdxl, clip_skip=r.model.clip_skip,
-            weight_dtype=self.weight_dtype, device=self.accelerator.device, seed=r.seed,
-            loss=r.loss,
+            weight_dtype=self.weight_dtype, device=acc.device, seed=r.seed,
+            loss=r.loss, plain=(acc.unwrap_model(self.unet), [acc.unwrap_model(te) for te in self.text_encoders]),
         )
 
     def _maybe_resume(self) -> None:

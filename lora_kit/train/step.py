@@ -13,10 +13,12 @@ loop reads the loss at its log interval only. tests/test_step_trace.py checks bo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
+from lora_kit.adapters.inject import adapters_disabled
 from lora_kit.config.schema import LossConfig
 from lora_kit.data.cache import scale_latents
 from lora_kit.models.text import encode_prompts, sdxl_time_ids
@@ -42,6 +44,9 @@ class StepContext:
     device: torch.device
     seed: int
     loss: LossConfig = field(default_factory=LossConfig)  # the recipe's [loss]: noise, timesteps, weighting, type
+    # (U-Net, text encoders) without the DDP/compile wrappers, for the base's forward of [loss] prior_target =
+    # "base" (no collectives: it trains nothing); None = `unet` and `text_encoders` as they are
+    plain: tuple | None = None
 
 
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -87,6 +92,27 @@ def unet_kwargs(ctx: StepContext, batch: dict, cond: dict) -> dict:
     return kw
 
 
+def base_targets(ctx: StepContext, batch: dict, reg: list[bool], noisy: torch.Tensor, t: torch.Tensor,
+                 target: torch.Tensor) -> torch.Tensor:
+    """`target` with each prior row replaced by the base model's prediction (adapters off) for the same noisy
+    latent, timestep and caption ([loss] prior_target = "base"). The prior pictures' own noise is a noisy
+    target (any denoising the base would do is as right); the base's output is the exact one for "draw this
+    prompt as before", so the adapter's drift on prompts without the trigger is what the loss sees."""
+    rows = [j for j, r in enumerate(reg) if r]
+    if not rows:
+        return target
+    unet, tes = ctx.plain or (ctx.unet, ctx.text_encoders)
+    pick = torch.tensor(rows)
+    sub = {k: v.index_select(0, pick) if torch.is_tensor(v) else [v[j] for j in rows]
+           for k, v in batch.items() if k not in ("latents", "pixel_values", "mask")}
+    idx = to_device(pick, ctx.device)
+    base_ctx = dataclasses.replace(ctx, unet=unet, text_encoders=tes)
+    with torch.no_grad(), adapters_disabled([unet, *tes]):
+        cond = batch_conditioning(base_ctx, sub)
+        base = unet(noisy.index_select(0, idx), t.index_select(0, idx), **unet_kwargs(base_ctx, sub, cond)).sample
+    return target.index_copy(0, idx, base.to(target.dtype))
+
+
 def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one batch; `fixed_timesteps` (validation) overrides the sampled ones."""
     indices = batch["index"].tolist()  # a host list, read without a per-element scalar op
@@ -104,6 +130,8 @@ def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torc
     pred = ctx.unet(noisy, t, **unet_kwargs(ctx, batch, cond)).sample
     target = target_for(ctx.prediction_type, latents, noise, t, ctx.alphas_cumprod)
     is_reg, mask = batch.get("is_reg"), batch.get("mask")
+    if lc.prior_target == "base" and is_reg is not None:
+        target = base_targets(ctx, batch, is_reg.tolist(), noisy, t, target)
     loss = diffusion_loss(
         pred, target, t, ctx.alphas_cumprod,
         prediction_type=ctx.prediction_type, min_snr_gamma=lc.min_snr_gamma,
