@@ -75,9 +75,20 @@ def run_one(spec: str, out: Path, seeds: int, steps: int, overrides: list[str], 
     s = scores["summary"]
     row = {"concept": spec, "signature": scores["concept"].describe(), "weight1": s[1.0], "weight0": s[0.0],
            "targets": scores["targets"], "train_s": round(trained), "total_s": round(time.perf_counter() - t0),
-           "overrides": overrides, "steps": r.train.max_steps, "prompts": prompts, "data_seed": data_seed}
+           "overrides": overrides, "steps": r.train.max_steps, "prompts": prompts, "data_seed": data_seed,
+           "plain_distance": plain_distance(grid.cells, trigger)}
     (folder / "row.json").write_text(json.dumps(row, indent=2, default=str))
     return row
+
+
+def plain_distance(cells: list[dict], trigger: str) -> float | None:
+    """Mean pixel distance (the grid's base_distance, 0..1) of each prompt without the trigger at weight 1 from
+    the same prompt and seed at weight 0. A drift measure with no threshold: it moves with the adapter where
+    the scorer's rates move in steps of one picture (5 points), so two recipes compare on fewer runs."""
+    d = [c["metrics"]["base_distance"] for c in cells
+         if trigger not in c["params"]["prompt"].split() and "base_distance" in c.get("metrics", {})
+         and [lo["weight"] for lo in c["params"]["loras"]] == [1.0]]
+    return round(sum(d) / len(d), 4) if d else None
 
 
 def rescore(folder: Path) -> dict:
@@ -88,7 +99,8 @@ def rescore(folder: Path) -> dict:
     grid = SimpleNamespace(out_dir=folder / "grid", cells=load_manifest(folder / "grid")["cells"])
     scores = demo.score_demo(grid, trigger, data)
     s = scores["summary"]
-    return {**row, "signature": scores["concept"].describe(), "weight1": s[1.0], "weight0": s[0.0], "targets": scores["targets"]}
+    return {**row, "signature": scores["concept"].describe(), "weight1": s[1.0], "weight0": s[0.0], "targets": scores["targets"],
+            "plain_distance": plain_distance(grid.cells, trigger)}
 
 
 def _pct(v) -> str:
@@ -97,7 +109,7 @@ def _pct(v) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| concept | signature | concept w1 / w0 | bleed w1 | shape w1 (w0) | colour w1 (w0) | colour error w1 (w0) | "
-             "area w1 / w0 | train s | targets met | missed |", "|---" * 11 + "|"]
+             "area w1 / w0 | plain distance w1 | train s | targets met | missed |", "|---" * 12 + "|"]
     for r in rows:
         a, b = r["weight1"], r["weight0"]
         err = "-" if a.get("color_error") is None else f"{a['color_error']:.0f} ({b['color_error']:.0f})"
@@ -105,7 +117,7 @@ def table(rows: list[dict]) -> str:
         missed = ", ".join(k for k, ok in (r["targets"] or {}).items() if not ok) or "-"
         lines.append(f"| {r['concept']} | {r['signature']} | {_pct(a.get('concept'))} / {_pct(b.get('concept'))} | {_pct(a.get('bleed'))} | "
                      f"{_pct(a.get('shape'))} ({_pct(b.get('shape'))}) | {_pct(a.get('color'))} ({_pct(b.get('color'))}) | {err} | "
-                     f"{'-' if area is None else f'{area:.2f}'} | {r['train_s']} | "
+                     f"{'-' if area is None else f'{area:.2f}'} | {r.get('plain_distance') or '-'} | {r['train_s']} | "
                      f"{sum(map(bool, (r['targets'] or {}).values()))}/{len(r['targets'] or {})} | {missed} |")
     return "\n".join(lines)
 

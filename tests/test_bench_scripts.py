@@ -81,3 +81,15 @@ def test_profile_train_runs_a_shipped_recipe_as_it_is(tmp_path):
     header = next(line for line in res.stdout.splitlines() if "demo-subject.toml" in line)
     assert "train.batch_size=2, 64 px, batch 2, cpu" in header  # the recipe's resolution, the override's batch
     assert "per step: data" in res.stdout and "Self CPU time total" in res.stdout
+
+
+def test_bench_concepts_plain_distance_reads_prompts_without_the_trigger_at_weight_1():
+    import bench_concepts as bc
+
+    def cell(prompt, weight, dist):
+        return {"params": {"prompt": prompt, "loras": [{"weight": weight}]}, "metrics": {"base_distance": dist}}
+
+    cells = [cell("a red zyk square", 1.0, 0.5), cell("a red square", 1.0, 0.02), cell("a blue circle", 1.0, 0.04),
+             cell("a blue circle", 0.5, 0.3), cell("a blue circle", 0.0, 0.0), cell("a zyk circle", 0.0, 0.0)]
+    assert bc.plain_distance(cells, "zyk") == 0.03
+    assert bc.plain_distance(cells[:1], "zyk") is None
