@@ -95,9 +95,10 @@ def unet_kwargs(ctx: StepContext, batch: dict, cond: dict) -> dict:
 def base_targets(ctx: StepContext, batch: dict, reg: list[bool], noisy: torch.Tensor, t: torch.Tensor,
                  target: torch.Tensor) -> torch.Tensor:
     """`target` with each prior row replaced by the base model's prediction (adapters off) for the same noisy
-    latent, timestep and caption ([loss] prior_target = "base"). The prior pictures' own noise is a noisy
-    target (any denoising the base would do is as right); the base's output is the exact one for "draw this
-    prompt as before", so the adapter's drift on prompts without the trigger is what the loss sees."""
+    latent, timestep and caption ([loss] prior_target = "base"). The noise a prior picture was noised with is
+    only a noisy estimate of what the base predicts for it; the base's own output is the exact target for
+    "draw this prompt as before", so the loss sees the adapter's drift on prompts without the trigger and
+    nothing else. Runs on the modules inside the DDP wrapper, under no_grad: no collectives, no graph."""
     rows = [j for j, r in enumerate(reg) if r]
     if not rows:
         return target
