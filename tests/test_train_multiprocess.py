@@ -64,13 +64,14 @@ def test_two_process_resume_is_exact(tmp_path):
 
 def test_two_processes_render_caption_priors_once_and_train_on_them(tmp_path):
     """reg_from_captions under DDP: the main process renders, the other waits; both train on the same view,
-    towards the base model's prediction (its forward on the modules inside the DDP wrappers)."""
+    towards the base model's prediction (its forward on the modules inside the DDP wrappers; with reg_balance
+    both steps hold a prior row, checked once by printing the rows base_targets replaced)."""
     env = _env(tmp_path, "idx")
     env["LORA_KIT_CACHE"] = str(tmp_path / "cache")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lora_kit", "train", "tiny-smoke",
            "--output-dir", str(tmp_path / "run"), *ARGS, 'dataset.trigger_word="ohwx"', "dataset.reg_from_captions=1",
-           "train.max_steps=2", 'loss.prior_target="base"', "network.train_text_encoder=true"]
+           "train.max_steps=2", 'loss.prior_target="base"', "network.train_text_encoder=true", "dataset.reg_balance=true"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     pictures = sorted((tmp_path / "cache" / "class_images" / "captions").glob("*.png"))
