@@ -226,12 +226,17 @@ def load_adapter_state_dicts(unet, text_encoders: list, unet_sd: dict, te_sds: l
         set_peft_model_state_dict(te, sd, adapter_name=ADAPTER_NAME)
 
 
+def tuner_layers(modules) -> list:
+    """Every peft adapter layer (LoRA, LoHa, LoKr) in `modules`: found once, switched by adapters_disabled."""
+    return [m for module in modules for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
 @contextlib.contextmanager
-def adapters_disabled(modules):
-    """The base model inside the block: every peft adapter layer of `modules` switched off, then back on.
-    peft's `enable_adapters(True)` makes every adapter parameter trainable; the flags each had are put back."""
-    layers = [m for module in modules for m in module.modules() if isinstance(m, BaseTunerLayer)]
-    flags = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
+def adapters_disabled(layers):
+    """The base model inside the block: the peft adapter layers `layers` (tuner_layers) switched off, then back
+    on. peft's `enable_adapters(True)` makes every adapter parameter trainable; the flags each had are put back.
+    Takes the layers, not the modules: walking a U-Net's modules costs more than the switch (SD1.5: 2.3 ms)."""
+    flags = [(p, p.requires_grad) for layer in layers for name in layer.adapter_layer_names for p in getattr(layer, name).parameters()]
     for layer in layers:
         layer.enable_adapters(False)
     try:

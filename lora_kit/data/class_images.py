@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lora_kit.adapters.inject import adapters_disabled
+from lora_kit.adapters.inject import adapters_disabled, tuner_layers
 from lora_kit.errors import UserError
 from lora_kit.infer.defaults import components_sampling_defaults
 from lora_kit.infer.pipeline import LoraPipeline
@@ -110,7 +110,7 @@ def render_jobs(bundle, settings: dict, jobs: list[RenderJob], device, desc: str
     try:
         for m, _ in homes:
             m.to(device)
-        with adapters_disabled(modules), tqdm(total=len(jobs), desc=desc, unit="img") as bar:
+        with adapters_disabled(tuner_layers(modules)), tqdm(total=len(jobs), desc=desc, unit="img") as bar:
             for chunk in _batches(jobs):
                 cells = [base.replace(prompt=j.prompt, width=j.width, height=j.height, seed=j.seed) for j in chunk]
                 for job, image in zip(chunk, pipe.generate(cells, fuse=False)):

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from lora_kit.adapters.inject import adapter_state_dicts, inject_lora
+from lora_kit.adapters.inject import adapter_state_dicts, inject_lora, tuner_layers
 from lora_kit.config.schema import Recipe
 from lora_kit.models.loading import load_for_training
 from lora_kit.precision import DTYPES  # accelerate's "no"/"fp16"/"bf16" among the names it maps
@@ -163,12 +163,14 @@ class LoraTrainer:
 
     def _step_context(self) -> StepContext:
         r, b, acc = self.recipe, self.bundle, self.accelerator
+        plain = (acc.unwrap_model(self.unet), [acc.unwrap_model(te) for te in self.text_encoders])
         return StepContext(
             unet=self.unet, vae=b.vae, text_encoders=self.text_encoders, tokenizers=b.tokenizers,
             alphas_cumprod=b.noise_scheduler.alphas_cumprod.to(acc.device),
             prediction_type=b.prediction_type, sdxl=b.is_sdxl, clip_skip=r.model.clip_skip,
             weight_dtype=self.weight_dtype, device=acc.device, seed=r.seed,
-            loss=r.loss, plain=(acc.unwrap_model(self.unet), [acc.unwrap_model(te) for te in self.text_encoders]),
+            loss=r.loss, plain=plain,
+            plain_layers=tuner_layers([plain[0], *plain[1]]) if r.loss.prior_target == "base" else None,
         )
 
     def _maybe_resume(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_kit.adapters.inject import adapters_disabled
+from lora_kit.adapters.inject import adapters_disabled, tuner_layers
 from lora_kit.config.schema import LossConfig
 from lora_kit.data.cache import scale_latents
 from lora_kit.models.text import encode_prompts, sdxl_time_ids
@@ -47,6 +47,7 @@ class StepContext:
     # (U-Net, text encoders) without the DDP/compile wrappers, for the base's forward of [loss] prior_target =
     # "base" (no collectives: it trains nothing); None = `unet` and `text_encoders` as they are
     plain: tuple | None = None
+    plain_layers: list | None = None  # their peft adapter layers (tuner_layers), found once; None = found per step
 
 
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -108,7 +109,7 @@ def base_targets(ctx: StepContext, batch: dict, reg: list[bool], noisy: torch.Te
            for k, v in batch.items() if k not in ("latents", "pixel_values", "mask")}
     idx = to_device(pick, ctx.device)
     base_ctx = dataclasses.replace(ctx, unet=unet, text_encoders=tes)
-    with torch.no_grad(), adapters_disabled([unet, *tes]):
+    with torch.no_grad(), adapters_disabled(ctx.plain_layers if ctx.plain_layers is not None else tuner_layers([unet, *tes])):
         cond = batch_conditioning(base_ctx, sub)
         base = unet(noisy.index_select(0, idx), t.index_select(0, idx), **unet_kwargs(base_ctx, sub, cond)).sample
     return target.index_copy(0, idx, base.to(target.dtype))
