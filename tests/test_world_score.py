@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lora_kit.world.outline import count_vertices
 from lora_kit.world.score import fill_labels_of, label_matches, labels_of, score_batch, score_image
 from lora_kit.world.shapes import ALL_FILLS, ALL_SHAPES, EXTRA_FILLS, EXTRA_SHAPES, Scene, generate, render
-from lora_kit.world.texture import orientation_name
+from lora_kit.world.texture import PERIODIC_EXPLAINED, orientation_name, read_fill, repeat_contrast
 
 FIELDS = ("shape", "color", "background", "fill", "orientation", "period")
 
@@ -135,3 +137,41 @@ def test_scorer_after_a_vae_round_trip(round_trip):
     for fill in ALL_FILLS:  # the checkerboard included (0.49 through the decoder tuned on stripes only)
         assert wrong[fill] <= 0.15 * total[fill], (fill, wrong, total)
     assert set(EXTRA_FILLS) <= set(total)
+
+
+LORA_CELLS = Path(__file__).parent / "data" / "lora_cells"
+
+
+def test_irregular_textures_a_lora_draws_read_as_their_fill():
+    """Grid cells a style LoRA drew (scripts/bench_concepts.py): dots with a row merged, stripes of uneven width.
+    The waves explain under half their variance (0.40, 0.48), so before the repeat test both read solid; the
+    autocorrelation finds the pattern one period away. A triangle's shading with a streak at its foot (colour
+    std 28, below the repeat test's contrast floor) stays solid."""
+    dots = score_image(Image.open(LORA_CELLS / "dots_merged.png")).fill
+    assert dots.explained < PERIODIC_EXPLAINED  # the waves alone miss it: this is the repeat test's reading
+    assert dots.kind == "periodic" and dots.orientations == ("horizontal", "vertical") and abs(dots.period / 16 - 1) <= 0.2
+    stripes = score_image(Image.open(LORA_CELLS / "vstripes_uneven.png")).fill
+    assert stripes.explained < PERIODIC_EXPLAINED
+    assert stripes.kind == "periodic" and stripes.orientations == ("vertical",) and stripes.period == 16.0
+    assert score_image(Image.open(LORA_CELLS / "solid_triangle_streak.png")).fill.kind == "solid"
+
+
+def test_repeat_contrast_separates_a_texture_from_a_gradient():
+    """A strong linear ramp (colour std over STRONG_STD) or a bright centre correlates with itself at every shift
+    or decays with it; a square wave alternates."""
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 8:56] = True
+    xs = np.arange(64, dtype=float)[None, :].repeat(64, 0)
+    ramp = np.where(mask, (xs - 32) * 4.0, 0.0)
+    waves = np.where(mask, np.where((xs // 8) % 2 == 0, 60.0, -60.0), 0.0)
+    k = (1 / 16, 0.0)
+    ys = xs.T
+    centre = np.where(mask, 120.0 - np.hypot(xs - 32, ys - 32) * 5.0, 0.0)
+    assert abs(repeat_contrast(ramp, mask, k)) < 1e-6 and max(repeat_contrast(centre, mask, (1 / p, 0.0)) for p in (8, 16, 24, 30, 36)) < 0.5
+    assert repeat_contrast(waves, mask, k) > 1.9
+    assert repeat_contrast(waves, mask, (0.0, 1 / 16)) == pytest.approx(0.0, abs=1e-6)  # stripes repeat along themselves
+    rgb = np.full((64, 64, 3), 255, np.uint8)
+    rgb[mask] = np.clip(128 + ramp[mask][:, None] * np.array([0.8, 0.5, 0.2]), 0, 255).astype(np.uint8)
+    core = np.zeros_like(mask)
+    core[10:54, 10:54] = True
+    assert read_fill(rgb, core).kind == "solid"
