@@ -204,6 +204,21 @@ def test_second_process_on_the_same_folder_is_refused(tmp_path):
         first.wait()
 
 
+def test_resume_without_a_checkpoint_never_replaces_a_finished_run(tmp_path, capsys):
+    """A finished run whose every checkpoint is gone (or that never wrote one: max_steps under save.every_n_steps):
+    --resume latest would train from step 0 and replace its adapter files, so it is refused naming --overwrite.
+    A folder with nothing in it starts from step 0 (a job script that always passes --resume latest)."""
+    fresh = tmp_path / "fresh"
+    t = run_training(fresh, ["train.max_steps=2", "save.every_n_steps=4"], resume="latest")
+    assert t.global_step == 2 and "no complete checkpoint" in capsys.readouterr().out
+    assert not (fresh / "checkpoints").exists() or not any((fresh / "checkpoints").iterdir())
+    before = (fresh / ADAPTER).read_bytes()
+    with pytest.raises(UserError, match=r"no checkpoint of this run to resume.*holds a run's files \(.*"
+                                        r"pytorch_lora_weights.safetensors.*--overwrite instead of --resume"):
+        run_training(fresh, ["train.max_steps=4", "save.every_n_steps=4"], resume="latest")
+    assert (fresh / ADAPTER).read_bytes() == before
+
+
 def test_fresh_run_into_a_used_folder_needs_resume_or_overwrite(stopped, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(stopped, run)

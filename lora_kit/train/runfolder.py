@@ -55,6 +55,13 @@ class RunFolder:
         if self.resume:
             self.resume_path = ckpt.resolve_resume(self.resume, self.root, folder_run, say)
             if self.resume_path is None:
+                # Starting again would replace a finished run's adapter files (or those of the run whose
+                # checkpoints are all damaged): that takes --overwrite, as for a fresh run into the folder.
+                held = self._previous_outputs(recipe)
+                if held:
+                    raise UserError(f"--resume {self.resume}: no checkpoint of this run to resume in {self.root}, and "
+                                    f"{self.out} holds a run's files ({', '.join(held)}): pass --overwrite instead of "
+                                    f"--resume to train it again from step 0 there, or --output-dir for a new folder")
                 say(f"--resume {self.resume}: no complete checkpoint in {self.root}, starting from step 0")
                 self.run_id = folder_run or uuid.uuid4().hex[:12]
                 return
