@@ -275,7 +275,7 @@ def test_force_resume_continues_but_not_across_a_network_shape_change(stopped, t
     reset_accelerate()
     t = LoraTrainer(load_recipe("tiny-smoke", BASE + [f'output_dir="{run}"'] + COMMON + ["network.rank=8"]),
                     resume="latest", force_resume=True)
-    with pytest.raises(UserError, match="network shape changed .*network.rank 4 -> 8"):
+    with pytest.raises(UserError, match="network shape or optimizer changed .*network.rank 4 -> 8"):
         t.setup()
     t.run.close()
 
@@ -414,12 +414,12 @@ def test_kill_mid_checkpoint_then_resume_is_bit_identical_with_ema_and_masked_hu
 
 
 @pytest.mark.parametrize("change", ['network.algo="loha"', "optimizer.loraplus_lr_ratio=4.0",
-                                    "network.block_dims=[4, 4, 4, 4, 4, 4, 4, 4, 4]"])
+                                    "network.block_dims=[4, 4, 4, 4, 4, 4, 4, 4, 4]", 'optimizer.name="lion8bit"'])
 def test_fingerprint_refuses_a_changed_algo_block_layout_or_optimizer_groups(change):
     from lora_kit.config.load import load_recipe
     from lora_kit.train.fingerprint import compare, recipe_fingerprint
 
     before = recipe_fingerprint(load_recipe("tiny-smoke"), 1)
     after = recipe_fingerprint(load_recipe("tiny-smoke", [change]), 1)
-    with pytest.raises(UserError, match="network shape changed"):
+    with pytest.raises(UserError, match="network shape or optimizer changed"):
         compare(before, after, "checkpoint-000002", force=True)

@@ -4,7 +4,8 @@ Stored in each checkpoint's train_state.json and compared on resume. A changed b
 process count, seed, bucket setting or dataset (its manifest: which images, captions, repeats and
 buckets, in order) would make the resumed run silently differ from the one that was interrupted, so it
 is refused naming the keys; `--force-resume` continues anyway (the data order then differs from an
-uninterrupted run). A changed network shape cannot continue at all: the saved weights would not load.
+uninterrupted run). A changed network shape or optimizer cannot continue at all: the saved weights or optimizer
+state would not load (AdamW's state into torch's AdamW: a KeyError mid-run; into Lion: silently misread).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ NETWORK_SHAPE = ("network.rank", "network.target", "network.target_modules", "ne
                  "network.use_dora", "network.train_text_encoder", "network.text_encoder_rank", "network.algo",
                  "network.factor", "network.block_dims", "network.conv_block_dims",
                  # the optimizer's parameter groups (block lr weights, LoRA+): its saved state has their layout
-                 "optimizer.lr_weights", "optimizer.loraplus")
+                 "optimizer.lr_weights", "optimizer.loraplus",
+                 "optimizer.name")  # each optimizer keeps its own state (AdamW8bit's quantised moments, Prodigy's d)
 
 
 def recipe_fingerprint(recipe, num_processes: int) -> dict:
@@ -37,6 +39,7 @@ def recipe_fingerprint(recipe, num_processes: int) -> dict:
         "network.algo": n.algo, "network.factor": n.factor,
         "network.block_dims": list(n.block_dims), "network.conv_block_dims": list(n.conv_block_dims),
         "network.block_alphas": list(n.block_alphas), "network.conv_block_alphas": list(n.conv_block_alphas),
+        "optimizer.name": o.name,
         "optimizer.lr_weights": [o.down_lr_weight, o.mid_lr_weight, o.up_lr_weight],
         "optimizer.loraplus": [o.loraplus_lr_ratio, o.loraplus_unet_lr_ratio, o.loraplus_text_encoder_lr_ratio],
     }
@@ -60,8 +63,8 @@ def data_fingerprint(train_data) -> dict:
 
 
 def compare(saved: dict | None, current: dict, checkpoint: str, force: bool) -> list[str]:
-    """Keys that changed (only those present in both). Raises unless `force`; a network shape change
-    raises even then. Returns the changed keys so the caller can say what it continues with."""
+    """Keys that changed (only those present in both). Raises unless `force`; a network shape or optimizer
+    change raises even then. Returns the changed keys so the caller can say what it continues with."""
     if not saved:
         return []
     changed = [k for k in current if k in saved and _norm(saved[k]) != _norm(current[k])]
@@ -70,11 +73,11 @@ def compare(saved: dict | None, current: dict, checkpoint: str, force: bool) -> 
     detail = ", ".join(f"{k} {_show(saved[k])} -> {_show(current[k])}" for k in changed)
     shape = [k for k in changed if k in NETWORK_SHAPE]
     if shape:
-        raise UserError(f"cannot resume {checkpoint}: the network shape changed ({detail}); its weights and "
-                        f"optimizer state cannot load into this network: use the old values or start a new run (--overwrite)")
+        raise UserError(f"cannot resume {checkpoint}: the network shape or optimizer changed ({detail}); its weights "
+                        f"and optimizer state cannot load into this run: use the old values or start a new run (--overwrite)")
     if not force:
         raise UserError(f"cannot resume {checkpoint}: changed since it was written: {detail}; use the old values, "
-                        f"or pass --force-resume to continue anyway (the data order then differs)")
+                        f"or pass --force-resume to continue anyway (the result then differs from an uninterrupted run)")
     return changed
 
 
