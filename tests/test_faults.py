@@ -413,6 +413,27 @@ def test_kill_mid_checkpoint_then_resume_is_bit_identical_with_ema_and_masked_hu
     assert t.global_step == 6 and _same(_adapter(out), _adapter(full))
 
 
+def test_fingerprint_refuses_another_base_model_but_not_a_moved_one(tmp_path):
+    """Resuming a LoRA on another base model (a recipe edited between the runs) continues training it on weights it
+    was not trained on: refused, naming the key; the same model folder moved elsewhere resumes."""
+    from lora_kit.config.load import load_recipe
+    from lora_kit.train.fingerprint import compare, recipe_fingerprint
+
+    before = recipe_fingerprint(load_recipe("tiny-smoke"), 1)
+    after = recipe_fingerprint(load_recipe("tiny-smoke", ['model.pretrained="builtin:tiny-world"']), 1)
+    with pytest.raises(UserError, match=r'changed since it was written: model.pretrained "builtin:tiny-sd15" -> '
+                                        r'"builtin:tiny-world".*--force-resume'):
+        compare(before, after, "checkpoint-000002", force=False)
+    assert compare(before, after, "checkpoint-000002", force=True) == ["model.pretrained"]
+    for folder in (tmp_path / "a" / "sd15-finetune", tmp_path / "b" / "sd15-finetune", tmp_path / "b" / "other"):
+        folder.mkdir(parents=True)
+    a, b, other = (recipe_fingerprint(load_recipe("tiny-smoke", [f'model.pretrained="{f}"']), 1)
+                   for f in (tmp_path / "a" / "sd15-finetune", tmp_path / "b" / "sd15-finetune", tmp_path / "b" / "other"))
+    assert compare(a, b, "checkpoint-000002", force=False) == []
+    assert compare(a, other, "checkpoint-000002", force=True) == ["model.pretrained"]
+    assert "tmp" not in json.dumps(a)  # no absolute local path in the checkpoint's fingerprint
+
+
 @pytest.mark.parametrize("change", ['network.algo="loha"', "optimizer.loraplus_lr_ratio=4.0",
                                     "network.block_dims=[4, 4, 4, 4, 4, 4, 4, 4, 4]", 'optimizer.name="lion8bit"'])
 def test_fingerprint_refuses_a_changed_algo_block_layout_or_optimizer_groups(change):

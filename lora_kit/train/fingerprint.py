@@ -1,7 +1,7 @@
 """The resume fingerprint: everything that decides the data order and the step's math.
 
-Stored in each checkpoint's train_state.json and compared on resume. A changed batch size, accumulation,
-process count, seed, bucket setting or dataset (its manifest: which images, captions, repeats and
+Stored in each checkpoint's train_state.json and compared on resume. A changed base model, batch size,
+accumulation, process count, seed, bucket setting or dataset (its manifest: which images, captions, repeats and
 buckets, in order) would make the resumed run silently differ from the one that was interrupted, so it
 is refused naming the keys; `--force-resume` continues anyway (the data order then differs from an
 uninterrupted run). A changed network shape or optimizer cannot continue at all: the saved weights or optimizer
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from lora_kit.errors import UserError
 
@@ -43,10 +44,21 @@ def recipe_fingerprint(recipe, num_processes: int) -> dict:
         "optimizer.lr_weights": [o.down_lr_weight, o.mid_lr_weight, o.up_lr_weight],
         "optimizer.loraplus": [o.loraplus_lr_ratio, o.loraplus_unet_lr_ratio, o.loraplus_text_encoder_lr_ratio],
     }
+    m = r.model
+    out.update({"model.pretrained": model_name(m.pretrained), "model.revision": m.revision, "model.variant": m.variant,
+                "model.vae": model_name(m.vae), "model.clip_skip": m.clip_skip, "model.zero_terminal_snr": m.zero_terminal_snr})
     for key in ("enabled", "resolution", "bucket_reso_steps", "min_bucket_reso", "max_bucket_reso",
                 "bucket_no_upscale", "random_crop"):
         out[f"buckets.{key}"] = getattr(b, key)
     return out
+
+
+def model_name(source: str) -> str:
+    """A base model as the fingerprint knows it: a Hub id or builtin name as written, a local folder or file by its
+    name only (a moved model folder still resumes, like a moved dataset; a different checkpoint does not)."""
+    if source and not source.startswith("builtin:") and Path(source).expanduser().exists():
+        return Path(source).expanduser().resolve().name
+    return source
 
 
 def data_fingerprint(train_data) -> dict:
