@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -31,3 +33,16 @@ def test_demo_refuses_to_overwrite(tmp_path):
     (tmp_path / "subject").mkdir()
     res = subprocess.run([sys.executable, "-m", "lora_kit", "demo", "--quick", "--out", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "pass --overwrite" in res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [(["--seeds", "0"], "--seeds: expected a number >= 1, got 0"),
+                                           (["--sample-steps", "0"], "--sample-steps: expected a number >= 1, got 0"),
+                                           (["--steps", "-1"], "--steps: expected a number >= 0, got -1"),
+                                           (["--seeds", "five"], "--seeds: expected a whole number, got 'five'")])
+def test_demo_refuses_bad_counts_before_it_trains(tmp_path, capsys, argv, message):
+    """--seeds 0 used to fail after minutes of training, --sample-steps 0 to render noise and score it."""
+    from lora_kit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "d"), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "d").exists()

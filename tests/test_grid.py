@@ -147,6 +147,24 @@ def test_existing_grid_is_not_overwritten_without_the_flag(main_grid, pipe):
     assert main_grid.grid_path.read_bytes() == before
 
 
+@pytest.mark.parametrize("axis, message", [
+    (Axis("steps", [4, 0]), r"grid cell 0 steps: steps must be >= 1, got 0"),
+    (Axis("cfg", [-1.0]), r"cfg must be >= 0"),
+    (Axis("seed", [3, -1]), r"grid cell seed -1: seed must be >= 0"),
+    (Axis("clip_skip", [0]), r"clip_skip must be >= 1"),
+])
+def test_a_cell_no_pipeline_can_render_is_refused_before_the_old_grid_goes(main_grid, pipe, axis, message):
+    """0 steps gave noise, a negative CFG no guidance, clip skip 0 clip skip 1, all silently: refused, naming the
+    cell, and the grid already in the folder (replaced only with --overwrite) is left as it was."""
+    before = sorted((main_grid.out_dir / "cells").glob("*.png"))
+    with pytest.raises(UserError, match=message):
+        render_grid(GridSpec(base=base_cell(), cols=[axis]), main_grid.out_dir, pipeline=pipe, overwrite=True, progress=False)
+    assert sorted((main_grid.out_dir / "cells").glob("*.png")) == before
+    with pytest.raises(UserError, match="batch size must be >= 1"):
+        render_grid(GridSpec(base=base_cell(), cols=[Axis("seed", [1])], batch_size=0), main_grid.out_dir, pipeline=pipe,
+                    overwrite=True, progress=False)
+
+
 def test_html_is_self_contained(main_grid):
     html = main_grid.html_path.read_text()
     for c in main_grid.cells:
@@ -232,6 +250,8 @@ def test_cli_grid_and_rerender(tiny_sd15_dir, assets, tmp_path, capsys):
     assert parse_parameters(m["cells"][5]["parameters"])["Sampler"] == "Euler a"
     assert json.loads((out / "grid.json").read_text())["model"]["source"].startswith("..")
     assert main(argv) == 2 and "overwrite" in capsys.readouterr().err
+    assert main([*argv[:-2], "--out", str(tmp_path / "zero"), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err and not (tmp_path / "zero").exists()
     assert main(["grid", "--out", str(out), "--rerender", "3"]) == 0
     assert "identical bytes" in capsys.readouterr().out
 

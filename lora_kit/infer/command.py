@@ -157,6 +157,8 @@ def build_spec(args) -> GridSpec:
     prompts = list(args.prompt) or [""]
     seeds = list(args.seed) or [1]
     width, height = parse_size(args.size)
+    if args.steps is not None and args.steps < 1:  # resolve() reads 0 as "the model's": say so instead
+        raise UserError(f"--steps must be >= 1, got {args.steps} (leave it out for the model's default)")
     sampling = resolve({"cfg": args.cfg, "steps": args.steps, "sampler": args.sampler}, sampling_defaults(args.model))
     base = CellParams(
         prompt=prompts[0], negative_prompt=args.negative, seed=seeds[0], steps=int(sampling["steps"]), cfg=float(sampling["cfg"]),

@@ -84,6 +84,9 @@ def expand_cells(spec: GridSpec, native_size: tuple[int, int]) -> list[Cell]:
             axes = {a.title: a.values[i] for a, i in zip(spec.rows + spec.cols, rc + cc)}
             rl = ", ".join(value_label(a, i) for a, i in zip(spec.rows, rc))
             cl = ", ".join(value_label(a, i) for a, i in zip(spec.cols, cc))
+            if p.problems():
+                where = " | ".join(x for x in (rl, cl) if x)
+                raise UserError(f"grid{' cell ' + where if where else ''}: {'; '.join(p.problems())}")
             cells.append(Cell(len(cells), r, c, p, rl, cl, axes))
     return cells
 
@@ -145,14 +148,14 @@ def plan_batches(params: list[CellParams], batch_size: int) -> list[list[int]]:
     return [idx[i : i + size] for k in ordered for idx in groups[k].values() for i in range(0, len(idx), size)]
 
 
-def _claim_out_dir(out: Path, overwrite: bool) -> None:
+def _old_cells(out: Path, overwrite: bool) -> list[Path]:
+    """The cell pictures of a grid already in `out` (refused unless `overwrite`); removed once the new grid's
+    cells are known to be renderable, so a bad setting never costs the old grid."""
     ours = [out / n for n in ("grid.json", "grid.png", "grid.html")]
     pngs = [p for d in ("cells", "refs") for p in (out / d).glob("*.png")]
     if (any(p.exists() for p in ours) or pngs) and not overwrite:
         raise UserError(f"{out} already holds a grid; pass --overwrite (API: overwrite=True) to replace it")
-    for p in pngs:
-        p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    return pngs
 
 
 def _generate_all(pipe: LoraPipeline, params: list[CellParams], spec: GridSpec, progress: bool) -> tuple[list, dict, float]:
@@ -178,9 +181,14 @@ def _generate_all(pipe: LoraPipeline, params: list[CellParams], spec: GridSpec, 
 def render_grid(spec: GridSpec, out_dir: str | Path, *, pipeline: LoraPipeline | None = None, overwrite: bool = False, progress: bool = True) -> GridResult:
     """Render every cell of `spec` and write grid.png, cells/, grid.json and grid.html to `out_dir`."""
     out = Path(out_dir)
-    _claim_out_dir(out, overwrite)
+    if int(spec.batch_size) < 1:
+        raise UserError(f"grid batch size must be >= 1, got {spec.batch_size}")
+    old = _old_cells(out, overwrite)
     pipe = pipeline or LoraPipeline.load(spec.model, spec.base.controls, dtype=spec.dtype, device=spec.device, single_file_config=spec.single_file_config)
     cells = expand_cells(spec, pipe.native_size())
+    for p in old:
+        p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     params = [c.params for c in cells]
     refs, ref_of = find_references(params, spec.base_distance)
     images, batch_of, seconds = _generate_all(pipe, params + refs, spec, progress)

@@ -60,6 +60,29 @@ class CellParams:
     init_image: str = ""  # img2img when set
     strength: float = 0.75  # img2img denoising strength
 
+    def problems(self) -> list[str]:
+        """What no pipeline can render (diffusers fails deep inside, or silently does something else: 0 steps
+        return noise, a negative CFG turns guidance off, clip skip 0 means 1)."""
+        out = []
+        if int(self.steps) < 1:
+            out.append(f"steps must be >= 1, got {self.steps}")
+        if float(self.cfg) < 0:
+            out.append(f"cfg must be >= 0, got {self.cfg:g}")
+        if int(self.seed) < 0:
+            out.append(f"seed must be >= 0 (a grid is reproducible: there is no random seed), got {self.seed}")
+        if int(self.clip_skip) < 1:
+            out.append(f"clip_skip must be >= 1 (A1111's numbering: 1 = the last layer), got {self.clip_skip}")
+        for side in ("width", "height"):
+            v = int(getattr(self, side))
+            if v and (v < 8 or v % 8):
+                out.append(f"{side} must be a multiple of 8 (at least 8), got {v}")
+        if self.init_image and not 0.0 < float(self.strength) <= 1.0:
+            out.append(f"strength must be in (0, 1], got {self.strength:g}")
+        for i, c in enumerate(self.controls):
+            if not 0.0 <= float(c.start) < float(c.end) <= 1.0:
+                out.append(f"ControlNet {i}: its guidance window must satisfy 0 <= start < end <= 1, got {c.start:g}..{c.end:g}")
+        return out
+
     def active_loras(self) -> list[LoraRef]:
         return [lo for lo in self.loras if float(lo.weight) != 0.0]
 
