@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 import sys
+
+import pytest
 
 
 def test_demo_quick_runs_end_to_end(tmp_path):
