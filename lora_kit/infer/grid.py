@@ -84,9 +84,10 @@ def expand_cells(spec: GridSpec, native_size: tuple[int, int]) -> list[Cell]:
             axes = {a.title: a.values[i] for a, i in zip(spec.rows + spec.cols, rc + cc)}
             rl = ", ".join(value_label(a, i) for a, i in zip(spec.rows, rc))
             cl = ", ".join(value_label(a, i) for a, i in zip(spec.cols, cc))
-            if p.problems():
+            problems = p.problems()
+            if problems:
                 where = " | ".join(x for x in (rl, cl) if x)
-                raise UserError(f"grid{' cell ' + where if where else ''}: {'; '.join(p.problems())}")
+                raise UserError(f"grid{' cell ' + where if where else ''}: {'; '.join(problems)}")
             cells.append(Cell(len(cells), r, c, p, rl, cl, axes))
     return cells
 

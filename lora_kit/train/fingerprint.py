@@ -3,7 +3,7 @@
 Stored in each checkpoint's train_state.json and compared on resume. A changed base model, batch size,
 accumulation, process count, seed, bucket setting or dataset (its manifest: which images, captions, repeats and
 buckets, in order) would make the resumed run silently differ from the one that was interrupted, so it
-is refused naming the keys; `--force-resume` continues anyway (the data order then differs from an
+is refused naming the keys; `--force-resume` continues anyway (the result then differs from an
 uninterrupted run). A changed network shape or optimizer cannot continue at all: the saved weights or optimizer
 state would not load (AdamW's state into torch's AdamW: a KeyError mid-run; into Lion: silently misread).
 """

@@ -47,8 +47,8 @@ LATTICE_MIN_PERIODS = 1.5  # ...and only where the core spans this many periods 
 STRONG_STD = 40.0  # the repeat test applies only above this contrast: across 7,400 cells of the concept benchmark's
 # grids, the shapes read solid (shading, a streak at a triangle's foot) had std 15-35 and reached a repeat contrast of
 # 1.24; the textured ones missed by the waves had std 40-83
-REPEAT_CONTRAST = 0.9  # periodic by the repeat test at or above this (48 cells of those grids, 42 of them dots or
-# stripes by eye, none of the solid ones)
+REPEAT_CONTRAST = 0.9  # periodic by the repeat test at or above this (43 cells of those grids, dots or stripes by
+# eye but for a few half-drawn ones; none of the plain prompts' cells)
 LATTICE_REPEAT = 0.25  # ...with the first wave turned by 90 degrees repeating this much too: a lattice (dots 0.3-1.05;
 # stripes repeat along themselves at every shift, so their turned contrast is -0.05..0.1)
 REPEAT_OVERLAP = 0.25  # share of the core two shifted copies must share for their correlation to count
@@ -157,7 +157,7 @@ def _shift_correlation(grid: np.ndarray, mask: np.ndarray, dx: int, dy: int) -> 
 def repeat_contrast(grid: np.ndarray, mask: np.ndarray, k: tuple[float, float]) -> float:
     """Highest correlation about one period along wave vector k minus the lowest about half a period (0 when the
     core is too small to tell). A texture alternates: anti-correlated half a period away, correlated one period
-    away. Shading and a smooth gradient only decay with the shift."""
+    away. Shading decays with the shift and a linear ramp stays correlated at every shift: neither alternates."""
     period = 1.0 / math.hypot(*k)
     ux, uy = k[0] * period, k[1] * period
     windows = []
