@@ -103,6 +103,20 @@ def test_sd15_alpha_differs_from_rank(tiny_sd15_dir, tmp_path, with_te):
     assert np.abs(render(p) - images["peft"]).max() > 0.01
 
 
+def test_text_encoder_mlp_adapters_load_at_the_trained_strength(tiny_sd15_dir, tmp_path):
+    """network.text_encoder_target = "attn-mlp" (kohya trains CLIPAttention and CLIPMLP): the fc1/fc2 adapters go
+    into both files under the names kohya writes, and every loader applies them."""
+    from lora_kit.adapters.inject import text_encoder_lora_config
+    from lora_kit.config.schema import NetworkConfig
+
+    targets = set(text_encoder_lora_config(NetworkConfig(rank=2, alpha=1.0, text_encoder_target="attn-mlp")).target_modules)
+    assert targets == {*TE_TARGETS, "fc1", "fc2"}
+    assert set(text_encoder_lora_config(NetworkConfig(rank=2, alpha=1.0)).target_modules) == set(TE_TARGETS)
+    _, files, _ = run_case(tiny_sd15_dir, "sd1", lora_cfg(4, 4, UNET_TARGETS), lora_cfg(2, 1, sorted(targets)), tmp_path)
+    tensors, _ = io.load_lora_file(files["kohya"])
+    assert "lora_te_text_model_encoder_layers_0_mlp_fc2.lora_down.weight" in tensors
+
+
 def kohya_delta(tensors, name):
     """delta-W of one kohya module the way A1111 (network_lora.py) and ComfyUI compute it: alpha/dim * up @ down."""
     down, up = tensors[f"{name}.lora_down.weight"].float(), tensors[f"{name}.lora_up.weight"].float()

@@ -53,6 +53,11 @@ UNET_TARGETS = {
 }
 CONV_TARGETS = ["conv1", "conv2"]  # ResnetBlock2D's 3x3 convolutions (not conv_shortcut, a 1x1 skip)
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+TEXT_ENCODER_MLP = ["fc1", "fc2"]  # network.text_encoder_target = "attn-mlp"
+
+
+def text_encoder_targets(net: NetworkConfig) -> list[str]:
+    return TEXT_ENCODER_TARGETS + (TEXT_ENCODER_MLP if getattr(net, "text_encoder_target", "attn") == "attn-mlp" else [])
 
 
 def unet_target_modules(net: NetworkConfig) -> list[str]:
@@ -154,13 +159,13 @@ def unet_lora_config(net: NetworkConfig, plan: BlockPlan | None = None):
 def text_encoder_lora_config(net: NetworkConfig):
     r, alpha = net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
     if getattr(net, "algo", "lora") != "lora":
-        return _lycoris_config(net, r, alpha, TEXT_ENCODER_TARGETS, {}, {})
+        return _lycoris_config(net, r, alpha, text_encoder_targets(net), {}, {})
     return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=net.dropout,
         init_lora_weights=_init(net),
-        target_modules=TEXT_ENCODER_TARGETS,
+        target_modules=text_encoder_targets(net),
         use_dora=net.use_dora,
     )
 

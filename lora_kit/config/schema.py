@@ -101,6 +101,9 @@ class NetworkConfig:
     train_text_encoder: bool = False
     text_encoder_rank: int = 0  # 0 = same as rank
     text_encoder_alpha: float = 0.0  # 0 = same as alpha
+    # "attn": q/k/v/out projections (the diffusers examples); "attn-mlp": also each layer's MLP (fc1, fc2), as
+    # kohya's networks.lora trains CLIPAttention and CLIPMLP
+    text_encoder_target: Literal["attn", "attn-mlp"] = "attn"
 
 
 @dataclass

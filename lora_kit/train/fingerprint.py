@@ -18,7 +18,7 @@ from lora_kit.errors import UserError
 
 # The saved adapter and optimizer tensors have these shapes: never resumable across a change.
 NETWORK_SHAPE = ("network.rank", "network.target", "network.target_modules", "network.conv_rank",
-                 "network.use_dora", "network.train_text_encoder", "network.text_encoder_rank", "network.algo",
+                 "network.use_dora", "network.train_text_encoder", "network.text_encoder_rank", "network.text_encoder_target", "network.algo",
                  "network.factor", "network.block_dims", "network.conv_block_dims",
                  # the optimizer's parameter groups (block lr weights, LoRA+): its saved state has their layout
                  "optimizer.lr_weights", "optimizer.loraplus",
@@ -37,6 +37,7 @@ def recipe_fingerprint(recipe, num_processes: int) -> dict:
         "network.rank": n.rank, "network.target": n.target, "network.target_modules": list(n.target_modules),
         "network.conv_rank": n.conv_rank, "network.use_dora": n.use_dora,
         "network.train_text_encoder": n.train_text_encoder, "network.text_encoder_rank": n.text_encoder_rank,
+        "network.text_encoder_target": n.text_encoder_target,
         "network.algo": n.algo, "network.factor": n.factor,
         "network.block_dims": list(n.block_dims), "network.conv_block_dims": list(n.conv_block_dims),
         "network.block_alphas": list(n.block_alphas), "network.conv_block_alphas": list(n.conv_block_alphas),
