@@ -219,6 +219,20 @@ def test_resume_without_a_checkpoint_never_replaces_a_finished_run(tmp_path, cap
     assert (fresh / ADAPTER).read_bytes() == before
 
 
+def test_a_finished_run_with_state_at_end_extends_exactly(tmp_path, capsys):
+    """save.state_at_end (kohya save_state_on_train_end): a finished 4-step run resumed with max_steps 6 ends with
+    the adapter of an uninterrupted 6-step run (constant lr, so the schedule does not depend on max_steps)."""
+    full = tmp_path / "full"
+    run_training(full, ["train.max_steps=6", "save.every_n_steps=0"])
+    out = tmp_path / "run"
+    run_training(out, ["train.max_steps=4", "save.every_n_steps=0", "save.state_at_end=true"])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-000004"]
+    t = run_training(out, ["train.max_steps=6", "save.every_n_steps=0", "save.state_at_end=true"], resume="latest")
+    assert "resumed from checkpoint-000004" in capsys.readouterr().out and t.global_step == 6
+    assert _same(_adapter(out), _adapter(full))
+    assert (out / "checkpoints" / "checkpoint-000006").is_dir()
+
+
 def test_fresh_run_into_a_used_folder_needs_resume_or_overwrite(stopped, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(stopped, run)

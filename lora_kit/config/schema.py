@@ -192,7 +192,10 @@ class ValidationConfig:
 
 @dataclass
 class SaveConfig:
-    every_n_steps: int = 0  # training-state checkpoints (exact resume); 0 = only at the end
+    every_n_steps: int = 0  # training-state checkpoints (exact resume); 0 = none (the end writes the adapter files)
+    # also a training-state checkpoint at the last step (kohya save_state_on_train_end): `--resume latest` with a
+    # larger max_steps then continues a finished run from where it ended
+    state_at_end: bool = False
     keep_last: int = 3
     export_every_n_steps: int = 0  # intermediate adapter files
     precision: SavePrecision = "fp16"

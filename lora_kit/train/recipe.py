@@ -258,7 +258,8 @@ class LoraTrainer:
             self.state.last_loss = log_step(self.accelerator, s, meter, grad_norm, self.optimizer, self.lr_scheduler, bar)
         if r.validation.every_n_steps and s % r.validation.every_n_steps == 0:
             self.validate()
-        if r.save.every_n_steps and s % r.save.every_n_steps == 0 and s < self.state.total_steps:
+        last = s == self.state.total_steps
+        if (r.save.every_n_steps and s % r.save.every_n_steps == 0 and not last) or (last and r.save.state_at_end):
             self.save_checkpoint()
         if r.save.export_every_n_steps and s % r.save.export_every_n_steps == 0 and s < self.state.total_steps:
             self.export(suffix=f"-step{s:06d}")

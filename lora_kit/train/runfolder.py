@@ -61,7 +61,8 @@ class RunFolder:
                 if held:
                     raise UserError(f"--resume {self.resume}: no checkpoint of this run to resume in {self.root}, and "
                                     f"{self.out} holds a run's files ({', '.join(held)}): pass --overwrite instead of "
-                                    f"--resume to train it again from step 0 there, or --output-dir for a new folder")
+                                    f"--resume to train it again from step 0 there, or --output-dir for a new folder (to extend a run "
+                                    f"later, train it with save.state_at_end = true: its last step then writes a checkpoint)")
                 say(f"--resume {self.resume}: no complete checkpoint in {self.root}, starting from step 0")
                 self.run_id = folder_run or uuid.uuid4().hex[:12]
                 return
