@@ -252,6 +252,8 @@ def test_cli_grid_and_rerender(tiny_sd15_dir, assets, tmp_path, capsys):
     assert main(argv) == 2 and "overwrite" in capsys.readouterr().err
     assert main([*argv[:-2], "--out", str(tmp_path / "zero"), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err and not (tmp_path / "zero").exists()
+    assert main([*argv[:-2], "--out", str(tmp_path / "odd"), "--size", "60x64"]) == 2
+    assert "--size '60x64': width must be a multiple of 8" in capsys.readouterr().err and not (tmp_path / "odd").exists()
     assert main(["grid", "--out", str(out), "--rerender", "3"]) == 0
     assert "identical bytes" in capsys.readouterr().out
 

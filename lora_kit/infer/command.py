@@ -79,8 +79,9 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = int(w), int(h or w)
     except ValueError:
         raise UserError(f"--size {text!r}: expected WIDTHxHEIGHT or N") from None
-    if width % 8 or height % 8:
-        raise UserError(f"--size {text!r}: both sides must be multiples of 8")
+    problems = CellParams(width=width, height=height).problems()  # the grid's own size rule, checked before the model loads
+    if problems:
+        raise UserError(f"--size {text!r}: {'; '.join(problems)}")
     return width, height
 
 

@@ -145,7 +145,7 @@ def plan_batches(params: list[CellParams], batch_size: int) -> list[list[int]]:
     for key in groups:
         file_order.setdefault(tuple(k[0] for k in key), len(file_order))
     ordered = sorted(groups, key=lambda k: file_order[tuple(x[0] for x in k)])  # stable within a file set
-    size = max(1, int(batch_size))
+    size = int(batch_size)  # >= 1: render_grid refuses less before the model loads
     return [idx[i : i + size] for k in ordered for idx in groups[k].values() for i in range(0, len(idx), size)]
 
 
