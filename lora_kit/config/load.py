@@ -8,6 +8,7 @@ one line that names the file, the key and what was expected, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -72,6 +73,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # TOML has nan and inf; no key means either (a nan alpha trains a nan LoRA)
+            raise RecipeError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
