@@ -59,6 +59,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[dataset]\npath="x"\n[save]\nevery_n_steps=-5\n', "[save] every_n_steps: expected 0 (only at the end) or a number of steps >= 1, got -5"),
         ('[dataset]\npath="x"\n[sample]\nheight=100\n', "[sample] height: expected 0 (bucket resolution) or a multiple of 8 (the latent stride), got 100"),
         ('[dataset]\npath="x"\n[log]\nevery_n_steps=0\n', "[log] every_n_steps: expected a number of steps >= 1, got 0"),
+        ('[dataset]\npath="x"\n[buckets]\nmin_bucket_reso=-64\n', "[buckets] min_bucket_reso: expected a multiple of 8 (bucket sides are whole latents), got -64"),
         ('[dataset]\npath="x"\n[network]\nalpha=nan\n', "r.toml: [network] alpha: expected a finite number, got nan"),
         ('[dataset]\npath="x"\n[train]\nmax_grad_norm=inf\n', "[train] max_grad_norm: expected a finite number, got inf"),
         ('[dataset]\npath="x"\n[sample]\nweights=[0.0, -inf]\n', "[sample] weights[1]: expected a finite number, got -inf"),

@@ -46,6 +46,11 @@ def test_buckets_user_errors(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["buckets", str(_dataset(tmp_path)), "--resolution", "2048"]) == 2
     assert "must lie between" in capsys.readouterr().err
+    # a bucket side of 0 divided by zero; one of 36 made 84x48 buckets (half a latent) with nothing said
+    assert main(["buckets", str(tmp_path / "set"), "--min", "0", "--no-upscale"]) == 2
+    assert "--min: expected a multiple of 8 (bucket sides are whole latents), got 0" in capsys.readouterr().err
+    assert main(["buckets", str(tmp_path / "set"), "--min", "256", "--max", "1020"]) == 2
+    assert "--max: expected a multiple of 8 (bucket sides are whole latents), got 1020" in capsys.readouterr().err
 
 
 def test_cache_command_fills_then_reuses(tmp_path, capsys):
