@@ -11,6 +11,9 @@ from lora_kit.errors import UserError
 from lora_kit.paths import is_builtin, resolve_dataset_path
 
 
+DIFFUSERS_STEM = "pytorch_lora_weights"  # diffusers' LORA_WEIGHT_NAME_SAFE, without importing diffusers here
+
+
 def _fail(recipe: Recipe, key: str, msg: str) -> None:
     raise UserError(f"{recipe.source or '<recipe>'}: {key}: {msg}")
 
@@ -31,6 +34,7 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[network] conv_rank", f"expected conv_rank >= 0 and conv_alpha >= 0 (0 = off / = conv_rank), got {r.network.conv_rank} and {r.network.conv_alpha}")
     if r.network.conv_rank and r.network.use_dora:
         _fail(r, "[network] conv_rank", "conv_rank with use_dora = true: DoRA files have no kohya layout for convolutions; set conv_rank = 0 or use_dora = false")
+    check_name(r)
     check_lycoris(r)
     check_block_weights(r)
     check_ema(r)
@@ -69,6 +73,16 @@ def check_recipe(r: Recipe) -> None:
         _fail(r, "[optimizer] betas", "expected two numbers, e.g. [0.9, 0.999]")
     check_validation(r)
     check_ranges(r)
+
+
+def check_name(r: Recipe) -> None:
+    """`name` is the kohya file's name in output_dir: a folder in it would write outside the run folder
+    (`../x` next to it, unchecked for an earlier file), and the diffusers file's own name would overwrite it."""
+    name = r.name
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        _fail(r, "name", f"expected a plain file name such as \"my-style\" (folders go in output_dir), got {name!r}")
+    if name == DIFFUSERS_STEM:
+        _fail(r, "name", f"{name!r} is the diffusers file's name ({DIFFUSERS_STEM}.safetensors, written next to <name>.safetensors); choose another")
 
 
 def check_lycoris(r: Recipe) -> None:
