@@ -82,6 +82,12 @@ def test_items_repeats_reg_and_stats(world):
     assert [data.buckets[b] for b in data.bucket_ids[9:12]] == [(64, 64), (80, 48), (80, 48)]
 
 
+def test_empty_tag_separator_is_the_default_comma_everywhere(world):
+    """tag_separator = "" means "," to the caption transform; the tag count read it raw (str.split("") raised)."""
+    st = build_train_data(_recipe(world, tag_separator="")).stats
+    assert st.tag_frequency["10_star"] == {"star": 2, "blue": 1, "centered": 1, "filled": 1, "outline": 1, "red": 1}
+
+
 def test_reg_balance_matches_the_training_samples_like_kohya(world):
     data = build_train_data(_recipe(world, reg_balance=True))  # 21 training samples, 2 reg images at 3 repeats
     reg = [s.record for s in data.dataset.samples if s.record.is_reg]

@@ -392,7 +392,7 @@ def build_train_data(
 
     buckets = sorted({s.placement.bucket for s in samples + val_samples})
     bucket_id = {b: i for i, b in enumerate(buckets)}
-    stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, ds_cfg.tag_separator, dropped)
+    stats = _stats(train_scan, reg_scan, samples, val_samples, transform, cache_result, transform.separator, dropped)
     if recipe.loss.masked:
         stats.masks = _mask_counts(samples)
     return TrainData(
