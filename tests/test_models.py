@@ -149,6 +149,16 @@ def test_load_for_training_vae_dtype_and_schedule(tiny_sdxl_dir, tiny_sd15_dir):
         load_for_training(ModelConfig(pretrained=str(tiny_sd15_dir)), "fp8", "cpu")
 
 
+def test_model_vae_that_is_no_vae_folder_is_one_line_naming_the_key(tiny_sd15_dir, tmp_path):
+    from lora_kit.config.schema import ModelConfig
+    from lora_kit.models.loading import load_for_training
+
+    # a whole pipeline folder (the VAE is in vae/), a missing path: both were internal OSErrors
+    for vae in (str(tiny_sd15_dir), str(tmp_path / "missing")):
+        with pytest.raises(UserError, match=r"^\[model\] vae: .* is not a diffusers VAE folder \(config.json and weights\)"):
+            load_for_training(ModelConfig(pretrained=str(tiny_sd15_dir), vae=vae), "no", "cpu")
+
+
 def test_precision_names():
     from lora_kit import precision
 

@@ -161,6 +161,15 @@ def vae_dtype(family: str, weight_dtype: torch.dtype, custom_vae: bool) -> torch
     return torch.float32 if family_info(family).fp32_vae and not custom_vae else weight_dtype
 
 
+def _load_vae(spec: str) -> AutoencoderKL:
+    """`model.vae`: a diffusers VAE folder (config.json and weights) or a Hub id of one."""
+    try:
+        return AutoencoderKL.from_pretrained(spec)
+    except (OSError, ValueError) as exc:  # no config.json, not a folder, offline, unreadable weights
+        raise UserError(f"[model] vae: {spec!r} is not a diffusers VAE folder (config.json and weights) nor a Hub id "
+                        f"in the local cache ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+
+
 def load_for_training(model: ModelConfig, precision: str, device) -> ModelBundle:
     """The bundle `lora-kit train` and `lora-kit cache` start from: `model.vae` replaces the VAE,
     `model.zero_terminal_snr` rescales the training schedule, and the frozen VAE sits on `device` in
@@ -169,7 +178,7 @@ def load_for_training(model: ModelConfig, precision: str, device) -> ModelBundle
     b = load_model(model.pretrained, revision=model.revision or None, variant=model.variant or None,
                    single_file_config=model.single_file_config or None)
     if model.vae:
-        b.vae = AutoencoderKL.from_pretrained(model.vae)
+        b.vae = _load_vae(model.vae)
     if model.zero_terminal_snr:
         b.noise_scheduler = DDPMScheduler.from_config(b.noise_scheduler.config, rescale_betas_zero_snr=True)
     b.vae.requires_grad_(False).eval().to(device=device, dtype=vae_dtype(b.family, training_dtype(precision), bool(model.vae)))
