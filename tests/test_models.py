@@ -53,6 +53,14 @@ def test_pickle_checkpoint_refused(tmp_path):
         load_model(str(p))
 
 
+def test_unreadable_single_file_names_the_key_that_helps(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"could not build model.safetensors .* as \[model\] single_file_config \(--single-file-config\)"):
+        load_model(str(p))
+
+
 def test_detect_family():
     assert detect_family({"addition_embed_type": "text_time"}, {}) == "sdxl"
     assert detect_family({"cross_attention_dim": 1024}, {"prediction_type": "v_prediction"}) == "sd2v"

@@ -98,8 +98,8 @@ def _single_file_pipeline(path: Path, config: str | None, dtype):
         return cls.from_single_file(str(path), **kwargs)
     except OSError as exc:
         raise UserError(
-            f"could not build {path.name} with from_single_file ({exc}); pass `model.config` = a local "
-            "diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5)"
+            f"could not build {path.name} with from_single_file ({exc}); pass a local diffusers folder of the "
+            "same architecture (e.g. a downloaded stable-diffusion-v1-5) as [model] single_file_config (--single-file-config)"
         ) from exc
 
 
