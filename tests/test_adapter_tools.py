@@ -67,6 +67,29 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "pickle" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("break_it, expected", [
+    (lambda k, v: v[:, :3].contiguous() if k.endswith("lora_up.weight") else v, "lora_down rank 8 and lora_up rank 3 differ"),
+    (lambda k, v: v.to(torch.int32) if "weight" in k else v, "expected floating-point weights (such as float16 or float32), got torch.int32"),
+    (lambda k, v: v.flatten() if k.endswith("lora_down.weight") else v, "expected 2-D (linear) or 4-D (conv) weights of the same kind"),
+    (lambda k, v: torch.ones(3) if k.endswith(".alpha") else v, ".alpha: expected one number (the module's alpha), got a tensor of shape [3]"),
+    (lambda k, v: torch.tensor(float("nan")) if k.endswith(".alpha") else v, ".alpha: expected a finite alpha, got nan"),
+])
+def test_broken_modules_are_named_by_every_reader(kohya_file, tmp_path, capsys, break_it, expected):
+    """Mismatched ranks, integer or 1-D weights, a vector or nan alpha: one line naming file and module from
+    info, convert and resize (they were an internal ValueError, or a broken file written without a word)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = io.load_lora_file(kohya_file)
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: break_it(k, v) for k, v in tensors.items()}, str(bad), metadata=meta)
+    for args in (["info"], ["convert", "--to", "diffusers"], ["resize", "--rank", "2"]):
+        out = [str(tmp_path / "out.safetensors")] if args[0] != "info" else []
+        assert main([*args, str(bad), *out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lora-kit {args[0]}: error: bad.safetensors: ") and expected in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_convert_round_trip_and_no_silent_overwrite(kohya_file, tmp_path):
     assert main(["convert", str(kohya_file), "--to", "diffusers", str(tmp_path / "d")]) == 0
     dfile = tmp_path / "d" / io.DIFFUSERS_WEIGHT_NAME

@@ -302,7 +302,7 @@ def kohya_to_peft(sd: dict, metadata: dict | None = None, unet_config: dict | No
         target[f"{path}.lora_B.weight"] = parts["lora_B"]
         rank = parts["lora_A"].shape[0]
         # kohya/A1111/ComfyUI: no alpha tensor means scale 1.0, i.e. alpha = rank.
-        parsed.alphas[f"{comp}.{path}"] = float(parts["alpha"]) if "alpha" in parts else float(rank)
+        parsed.alphas[f"{comp}.{path}"] = alpha_value(parts["alpha"], f"{prefix}{raw}.alpha") if "alpha" in parts else float(rank)
     parsed.text_encoders = [tes.get(i, {}) for i in range(max(tes) + 1)] if tes else []
     return parsed
 
@@ -382,7 +382,7 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
     if kohya:
         if len(kohya) != len(sd):
             raise UserError(_unknown_message([k for k in sd if k not in kohya]))
-        return kohya_to_peft(sd, metadata, unet_config)
+        return check_modules(kohya_to_peft(sd, metadata, unet_config))
     prefixed = any(k.split(".", 1)[0] in COMPONENTS for k in sd)
     buckets: dict[str, dict] = {c: {} for c in COMPONENTS}
     alpha_keys: dict[str, float] = {}
@@ -392,7 +392,7 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
             rest = key.removeprefix("base_model.model.")
             comp = "text_encoder" if rest.startswith(("text_model.", "encoder.layers.")) else "unet"
         if rest.endswith(".alpha"):
-            alpha_keys[f"{comp}.{rest[:-6]}"] = float(value)
+            alpha_keys[f"{comp}.{rest[:-6]}"] = alpha_value(value, key)
         else:
             buckets[comp][rest] = value
     old = any("_lora." in k or ".processor." in k for k in sd)
@@ -405,6 +405,30 @@ def read_lora_state_dict(sd: dict, metadata: dict | None = None, unet_config: di
     )
     parsed.alphas = _diffusers_alphas(parsed, metadata, alpha_keys)
     parsed.unet_layout = _layout_for_reading(unet_config, metadata)
+    return check_modules(parsed)
+
+
+def alpha_value(value, key: str) -> float:
+    """One alpha tensor (or number) as a float: one finite number, else the key is named."""
+    if getattr(value, "numel", lambda: 1)() != 1:
+        raise UserError(f"{key}: expected one number (the module's alpha), got a tensor of shape {list(value.shape)}")
+    if not math.isfinite(float(value)):
+        raise UserError(f"{key}: expected a finite alpha, got {float(value)}")
+    return float(value)
+
+
+def check_modules(parsed: ParsedLora) -> ParsedLora:
+    """What every writer, merge and loader relies on: float weights, lora_down and lora_up both 2-D (linear) or
+    4-D (conv), and one rank >= 1 shared by the pair. A broken module is named instead of failing later."""
+    for comp, mod, parts in parsed.modules():
+        down, up = parts["lora_A"], parts["lora_B"]
+        where, shapes = f"{comp} module {mod}", f"lora_down {list(down.shape)}, lora_up {list(up.shape)}"
+        if not (down.is_floating_point() and up.is_floating_point()):
+            raise UserError(f"{where}: expected floating-point weights (such as float16 or float32), got {down.dtype} and {up.dtype}")
+        if down.ndim not in (2, 4) or up.ndim != down.ndim:
+            raise UserError(f"{where}: expected 2-D (linear) or 4-D (conv) weights of the same kind, got {shapes}")
+        if down.shape[0] < 1 or down.shape[0] != up.shape[1]:
+            raise UserError(f"{where}: lora_down rank {down.shape[0]} and lora_up rank {up.shape[1]} differ or are 0 ({shapes})")
     return parsed
 
 

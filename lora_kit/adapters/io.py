@@ -117,7 +117,15 @@ def _load_pickle(path: Path) -> dict:
 
 def read_lora_file(path, allow_pickle: bool = False, unet_config: dict | None = None) -> formats.ParsedLora:
     tensors, meta = load_lora_file(path, allow_pickle)
-    return formats.read_lora_state_dict(tensors, meta, unet_config)
+    return parse_lora(path, tensors, meta, unet_config)
+
+
+def parse_lora(path, tensors: dict, meta: dict, unet_config: dict | None = None) -> formats.ParsedLora:
+    """`formats.read_lora_state_dict` of a loaded file; its one-line problems start with the file's name."""
+    try:
+        return formats.read_lora_state_dict(tensors, meta, unet_config)
+    except UserError as exc:
+        raise UserError(f"{Path(path).name}: {exc}") from exc
 
 
 def _dim_modules(parsed: formats.ParsedLora) -> list[tuple[str, object]]:

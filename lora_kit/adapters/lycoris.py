@@ -237,7 +237,7 @@ def read_kohya(sd: dict, metadata: dict | None = None, unet_config: dict | None 
     for key, ((prefix, raw), kind) in split.items():
         comp, path = formats.kohya_module_path(parsed, prefix, raw)
         if kind == "alpha":
-            parsed.alphas[f"{comp}.{path}"] = float(sd[key])
+            parsed.alphas[f"{comp}.{path}"] = formats.alpha_value(sd[key], key)
             continue
         target = parsed.unet if comp == "unet" else tes.setdefault(formats.COMPONENTS.index(comp) - 1, {})
         target[f"{path}.{kind}"] = sd[key]

@@ -35,11 +35,10 @@ def module_group(component: str, module: str) -> str:
 def describe(path, allow_pickle: bool = False) -> dict:
     # lazy: these import torch (seconds); `lora-kit info --help` loads only this module
     from lora_kit.adapters import hashes, io
-    from lora_kit.adapters.formats import read_lora_state_dict
 
     path = Path(path)
     tensors, meta = io.load_lora_file(path, allow_pickle=allow_pickle)
-    parsed = read_lora_state_dict(tensors, meta)
+    parsed = io.parse_lora(path, tensors, meta)
     groups: dict[str, Counter] = defaultdict(Counter)
     ranks = parsed.ranks  # LoKr with two full factors: None (A1111/ComfyUI then apply scale 1)
     for comp, mod, _ in parsed.modules():
