@@ -103,6 +103,21 @@ def test_convert_round_trip_and_no_silent_overwrite(kohya_file, tmp_path):
     assert io.load_lora_file(tmp_path / "k.safetensors")[0]["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight"].dtype == torch.float16
 
 
+def test_output_path_that_is_a_folder_or_under_a_file_is_one_line(kohya_file, tmp_path, capsys):
+    """Was an internal IsADirectoryError (with --force) or FileExistsError / NotADirectoryError."""
+    (tmp_path / "folder.safetensors").mkdir()
+    (tmp_path / "folder.safetensors" / "keep.txt").write_text("mine")
+    cases = [("folder.safetensors", "folder.safetensors is a folder; expected the path of the .safetensors file to write"),
+             ("cube.safetensors/x.safetensors", "cannot create the folder"),
+             ("cube.safetensors/sub/x.safetensors", f"{kohya_file} is a file")]
+    for out, expected in cases:
+        for cmd in (["convert", "--to", "kohya"], ["resize", "--rank", "2"]):
+            assert main([*cmd, str(kohya_file), str(tmp_path / out), "--force"]) == 2
+            errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+            assert len(errors) == 1 and expected in errors[0], errors
+    assert (tmp_path / "folder.safetensors" / "keep.txt").read_text() == "mine"
+
+
 def test_convert_sdxl_layout_from_file_or_base(comps, tiny_sdxl_dir, tmp_path):
     unet = comps["sdxl"]["unet"]
     parsed = random_parsed(unet, ("to_q", "to_out.0"), 4, 1, 2.0, "sdxl", dict(unet.config))

@@ -42,9 +42,15 @@ def cast_tensors(tensors: dict, precision: str | None) -> dict:
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():  # --force would not help: a file is never renamed over a folder
+        raise UserError(f"{path} is a folder; expected the path of the .safetensors file to write")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --force (overwrite=True) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder of the path should be
+        blocker = next(p for p in path.parents if p.exists())
+        raise UserError(f"{path}: cannot create the folder {path.parent}: {blocker} is a file") from exc
 
 
 def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision: str | None = "fp16",
