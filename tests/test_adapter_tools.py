@@ -73,6 +73,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     (lambda k, v: v.flatten() if k.endswith("lora_down.weight") else v, "expected 2-D (linear) or 4-D (conv) weights of the same kind"),
     (lambda k, v: torch.ones(3) if k.endswith(".alpha") else v, ".alpha: expected one number (the module's alpha), got a tensor of shape [3]"),
     (lambda k, v: torch.tensor(float("nan")) if k.endswith(".alpha") else v, ".alpha: expected a finite alpha, got nan"),
+    (lambda k, v: v * float("inf") if k.endswith("lora_up.weight") else v, "the weights hold nan or inf (saved from a diverged run?)"),
 ])
 def test_broken_modules_are_named_by_every_reader(kohya_file, tmp_path, capsys, break_it, expected):
     """Mismatched ranks, integer or 1-D weights, a vector or nan alpha: one line naming file and module from

@@ -418,8 +418,8 @@ def alpha_value(value, key: str) -> float:
 
 
 def check_modules(parsed: ParsedLora) -> ParsedLora:
-    """What every writer, merge and loader relies on: float weights, lora_down and lora_up both 2-D (linear) or
-    4-D (conv), and one rank >= 1 shared by the pair. A broken module is named instead of failing later."""
+    """What every writer, merge and loader relies on: finite float weights, lora_down and lora_up both 2-D (linear)
+    or 4-D (conv), and one rank >= 1 shared by the pair. A broken module is named instead of failing later."""
     for comp, mod, parts in parsed.modules():
         down, up = parts["lora_A"], parts["lora_B"]
         where, shapes = f"{comp} module {mod}", f"lora_down {list(down.shape)}, lora_up {list(up.shape)}"
@@ -429,6 +429,8 @@ def check_modules(parsed: ParsedLora) -> ParsedLora:
             raise UserError(f"{where}: expected 2-D (linear) or 4-D (conv) weights of the same kind, got {shapes}")
         if down.shape[0] < 1 or down.shape[0] != up.shape[1]:
             raise UserError(f"{where}: lora_down rank {down.shape[0]} and lora_up rank {up.shape[1]} differ or are 0 ({shapes})")
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):  # SVD (resize) fails, merge spreads it
+            raise UserError(f"{where}: the weights hold nan or inf (saved from a diverged run?)")
     return parsed
 
 
