@@ -153,6 +153,19 @@ def test_merge_cli_writes_a_loadable_folder(kohya_file, tiny_sd15_dir, tmp_path,
     assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), base.state_dict().values()))  # scale 0
 
 
+def test_merge_of_a_lora_that_does_not_fit_the_base_is_one_line(kohya_file, tiny_sd15_dir, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    tensors, meta = io.load_lora_file(kohya_file)
+    down = next(k for k in tensors if k.endswith("lora_down.weight"))
+    tensors[down] = torch.zeros(tensors[down].shape[0], 7)  # in-features of no module of this U-Net
+    save_file(tensors, str(tmp_path / "other.safetensors"), metadata=meta)
+    assert main(["merge", str(tiny_sd15_dir), str(tmp_path / "other.safetensors"), str(tmp_path / "merged")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("lora-kit merge: error: other.safetensors: does not load into this model")
+    assert not (tmp_path / "merged").exists()
+
+
 def _delta(parsed, key):
     comp, mod = key.split(".", 1)
     sd = parsed.unet

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lora_kit.errors import UserError
@@ -163,6 +164,27 @@ def test_a_cell_no_pipeline_can_render_is_refused_before_the_old_grid_goes(main_
     with pytest.raises(UserError, match="batch size must be >= 1"):
         render_grid(GridSpec(base=base_cell(), cols=[Axis("seed", [1])], batch_size=0), main_grid.out_dir, pipeline=pipe,
                     overwrite=True, progress=False)
+
+
+def test_broken_or_foreign_lora_files_are_one_line_naming_the_file(tiny_sd15_dir, assets, tmp_path):
+    """diffusers' loader raised SafetensorError, RuntimeError (a shape of another model) or, for a file without
+    tensors, ValueError from set_adapters: each was an internal error of `lora-kit grid`."""
+    from safetensors.torch import load_file, save_file
+
+    fresh = LoraPipeline.load(str(tiny_sd15_dir))  # a failed load may leave a half-injected adapter behind
+    good = Path(assets["b"])
+    (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    save_file({}, str(tmp_path / "none.safetensors"))
+    tensors = load_file(str(good))
+    down = next(k for k in tensors if k.endswith("lora_down.weight"))
+    tensors[down] = torch.zeros(tensors[down].shape[0], 7)  # rank fine, in-features of no module of this U-Net
+    save_file(tensors, str(tmp_path / "other.safetensors"))
+    for name, message in (("cut", "corrupt or truncated safetensors file"), ("none", "the file holds no tensors"),
+                          ("other", "does not load into this model, a LoRA for another base model? (RuntimeError: ")):
+        path = str(tmp_path / f"{name}.safetensors")
+        with pytest.raises(UserError) as err:
+            fresh.apply_loras([LoraRef(path, 1.0, name=name)])
+        assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
 
 
 def test_html_is_self_contained(main_grid):

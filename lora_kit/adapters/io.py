@@ -126,6 +126,23 @@ def read_lora_file(path, allow_pickle: bool = False, unet_config: dict | None = 
     return parse_lora(path, tensors, meta, unet_config)
 
 
+# What diffusers' load_lora_weights raises for a file it cannot read or fit (safetensors' own error included).
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, safetensors.SafetensorError)
+
+
+def load_failure(path, exc: BaseException, unet_config: dict | None = None, shown: str | None = None) -> UserError:
+    """One line for a LoRA file diffusers' load_lora_weights refused: lora-kit's reader names the file's own
+    problem (not safetensors, truncated, a broken module) when it has one; else it does not fit the model."""
+    shown = shown or Path(path).name
+    try:
+        read_lora_file(path, unet_config=unet_config)
+    except UserError as named:
+        return UserError(str(named).replace(Path(path).name, shown, 1))
+    text = " ".join(str(exc).split())
+    return UserError(f"{shown}: does not load into this model, a LoRA for another base model? "
+                     f"({type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''})")
+
+
 def parse_lora(path, tensors: dict, meta: dict, unet_config: dict | None = None) -> formats.ParsedLora:
     """`formats.read_lora_state_dict` of a loaded file; its one-line problems start with the file's name."""
     try:

@@ -35,7 +35,7 @@ from transformers.utils import logging as tlog
 
 from lora_kit.adapters import lycoris
 from lora_kit.adapters.hashes import autov2
-from lora_kit.adapters.io import _sniff, read_lora_file
+from lora_kit.adapters.io import LOAD_ERRORS, _sniff, load_failure, read_lora_file
 from lora_kit.errors import UserError
 from lora_kit.infer.control import load_controlnet, prepare_control_image
 from lora_kit.infer.schedulers import make_scheduler
@@ -244,15 +244,23 @@ class LoraPipeline:
             if lo.path and lo.path not in self._adapters and lo.path not in self._lycoris:
                 if not Path(lo.path).is_file():
                     raise UserError(f"LoRA file {lo.path} does not exist")
-                if _is_lycoris_file(lo.path):  # LoHa/LoKr: diffusers rejects them, applied by hand
-                    self._lycoris[lo.path] = read_lora_file(lo.path, unet_config=dict(self.pipe.unet.config))
-                    continue
-                name = _adapter_name(lo.name, set(self._adapters.values()))
-                with _quiet_loaders(), warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # we stack on purpose
-                    self.pipe.load_lora_weights(lo.path, adapter_name=name)
-                self._adapters[lo.path] = name
+                try:
+                    self._load_file(lo)
+                except LOAD_ERRORS as exc:  # not a LoRA, truncated, a broken module, another model's LoRA
+                    raise load_failure(lo.path, exc, dict(self.pipe.unet.config), shown=lo.path) from exc
         return [self._adapters[lo.path] for lo in loras if lo.path in self._adapters]
+
+    def _load_file(self, lo: LoraRef) -> None:
+        if _is_lycoris_file(lo.path):  # LoHa/LoKr: diffusers rejects them, applied by hand
+            self._lycoris[lo.path] = read_lora_file(lo.path, unet_config=dict(self.pipe.unet.config))
+            return
+        name = _adapter_name(lo.name, set(self._adapters.values()))
+        with _quiet_loaders(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # we stack on purpose
+            self.pipe.load_lora_weights(lo.path, adapter_name=name)
+        if not any(name in names for names in self.pipe.get_list_adapters().values()):
+            raise ValueError("diffusers found no LoRA module of this model in it")  # e.g. a file without tensors
+        self._adapters[lo.path] = name
 
     def apply_loras(self, loras: list[LoraRef], fuse: bool = True) -> None:
         """Make the model compute base + sum(weight_i * delta_i); fused into the weights if `fuse`."""

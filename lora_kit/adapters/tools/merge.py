@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lora_kit.adapters import lycoris
 from lora_kit.adapters.formats import SDXL
-from lora_kit.adapters.io import read_lora_file, write_diffusers_lora
+from lora_kit.adapters.io import LOAD_ERRORS, load_failure, read_lora_file, write_diffusers_lora
 from lora_kit.adapters.lycoris import ParsedLycoris
 from lora_kit.adapters.single_file import save_single_file
 from lora_kit.errors import UserError
@@ -103,7 +103,10 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
                 continue
             staged = write_diffusers_lora(Path(tmp) / f"lora{i}.safetensors", parsed, precision="fp32")
             name = f"lora{i}"
-            pipe.load_lora_weights(str(staged), adapter_name=name)
+            try:
+                pipe.load_lora_weights(str(staged), adapter_name=name)
+            except LOAD_ERRORS as exc:  # read fine, but its modules do not fit this base (another model's LoRA)
+                raise load_failure(path, exc, dict(pipe.unet.config)) from exc
             adapter_names.append(name)
             scales.append(scale)
     components = [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None]
