@@ -153,6 +153,9 @@ def test_existing_grid_is_not_overwritten_without_the_flag(main_grid, pipe):
     (Axis("cfg", [-1.0]), r"cfg must be >= 0"),
     (Axis("seed", [3, -1]), r"grid cell seed -1: seed must be >= 0"),
     (Axis("clip_skip", [0]), r"clip_skip must be >= 1"),
+    (Axis("seed", ["1", ""]), r"grid axis seed: expected an integer for each value, got ''"),  # was an internal ValueError
+    (Axis("steps", ["4", "1e9"]), r"grid axis steps: expected an integer for each value, got '1e9'"),
+    (Axis("control_scale", ["0.5"], target="abc"), r"grid axis control_scale:abc: no such ControlNet"),
 ])
 def test_a_cell_no_pipeline_can_render_is_refused_before_the_old_grid_goes(main_grid, pipe, axis, message):
     """0 steps gave noise, a negative CFG no guidance, clip skip 0 clip skip 1, all silently: refused, naming the

@@ -18,6 +18,17 @@ from lora_kit.infer.schedulers import canonical_sampler_name
 from lora_kit.infer.spec import Axis, CellParams, LoraRef
 
 _SCALARS = {"prompt": str, "negative_prompt": str, "seed": int, "cfg": float, "steps": int, "clip_skip": int, "strength": float}
+_NUMBERS = {**_SCALARS, "weight": float, "control_scale": float}
+
+
+def _value(axis: Axis, index: int):
+    """The axis' `index`-th value as its kind's type (the command line gives strings)."""
+    value, kind = axis.values[index], _NUMBERS.get(axis.kind, str)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"grid axis {axis.kind}: expected {what} for each value, got {value!r}") from None
 
 
 def _lora_slots(cell: CellParams, target: str, kind: str) -> list[LoraRef]:
@@ -32,11 +43,11 @@ def _lora_slots(cell: CellParams, target: str, kind: str) -> list[LoraRef]:
 
 def apply_axis(cell: CellParams, axis: Axis, index: int) -> CellParams:
     """A copy of `cell` with the axis' `index`-th value set."""
-    value = axis.values[index]
+    value = _value(axis, index)
     c = cell.replace()
     kind = axis.kind
     if kind in _SCALARS:
-        setattr(c, kind, _SCALARS[kind](value))
+        setattr(c, kind, value)
     elif kind == "sampler":
         c.sampler = canonical_sampler_name(str(value))
     elif kind == "weight":
@@ -44,15 +55,16 @@ def apply_axis(cell: CellParams, axis: Axis, index: int) -> CellParams:
         if not slots:
             raise UserError("grid axis weight: no LoRA given (--lora FILE)")
         for lo in slots:
-            lo.weight = float(value)
+            lo.weight = value
     elif kind == "checkpoint":
         _apply_checkpoint(c, axis, index)
     elif kind == "control_scale":
-        nets = c.controls if not axis.target else [c.controls[int(axis.target)]] if int(axis.target) < len(c.controls) else []
+        slot = int(axis.target) if axis.target.isdigit() else len(c.controls)  # a name is no ControlNet's index
+        nets = c.controls if not axis.target else c.controls[slot:slot + 1]
         if not nets:
             raise UserError(f"grid axis control_scale{':' + axis.target if axis.target else ''}: no such ControlNet")
         for net in nets:
-            net.scale = float(value)
+            net.scale = value
     return c
 
 
