@@ -153,6 +153,7 @@ def test_existing_grid_is_not_overwritten_without_the_flag(main_grid, pipe):
     (Axis("cfg", [-1.0]), r"cfg must be >= 0"),
     (Axis("seed", [3, -1]), r"grid cell seed -1: seed must be >= 0"),
     (Axis("clip_skip", [0]), r"clip_skip must be >= 1"),
+    (Axis("cfg", [7.0, float("inf")]), r"cfg must be >= 0 and finite, got inf"),  # rendered nan (black) pictures
     (Axis("seed", ["1", ""]), r"grid axis seed: expected an integer for each value, got ''"),  # was an internal ValueError
     (Axis("steps", ["4", "1e9"]), r"grid axis steps: expected an integer for each value, got '1e9'"),
     (Axis("control_scale", ["0.5"], target="abc"), r"grid axis control_scale:abc: no such ControlNet"),
@@ -188,6 +189,13 @@ def test_broken_or_foreign_lora_files_are_one_line_naming_the_file(tiny_sd15_dir
         with pytest.raises(UserError) as err:
             fresh.apply_loras([LoraRef(path, 1.0, name=name)])
         assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_a_nan_lora_weight_is_refused(pipe, assets, tmp_path):
+    spec = GridSpec(base=base_cell(loras=[LoraRef(assets["a"], 1.0, name="style")]), cols=[Axis("weight", ["0", "nan"])])
+    with pytest.raises(UserError, match=r"LoRA style: weight must be a finite number, got nan"):
+        render_grid(spec, tmp_path / "g", pipeline=pipe, progress=False)
+    assert not (tmp_path / "g").exists()
 
 
 def test_html_is_self_contained(main_grid):

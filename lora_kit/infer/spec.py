@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -66,8 +67,8 @@ class CellParams:
         out = []
         if int(self.steps) < 1:
             out.append(f"steps must be >= 1, got {self.steps}")
-        if float(self.cfg) < 0:
-            out.append(f"cfg must be >= 0, got {self.cfg:g}")
+        if not 0 <= float(self.cfg) < math.inf:
+            out.append(f"cfg must be >= 0 and finite, got {self.cfg:g}")
         if int(self.seed) < 0:
             out.append(f"seed must be >= 0 (a grid is reproducible: there is no random seed), got {self.seed}")
         if int(self.clip_skip) < 1:
@@ -78,7 +79,11 @@ class CellParams:
                 out.append(f"{side} must be a multiple of 8 (at least 8), got {v}")
         if self.init_image and not 0.0 < float(self.strength) <= 1.0:
             out.append(f"strength must be in (0, 1], got {self.strength:g}")
+        out += [f"LoRA {lo.name or lo.path}: weight must be a finite number, got {lo.weight}" for lo in self.loras
+                if not math.isfinite(float(lo.weight))]  # nan or inf weights render nan pictures (black) silently
         for i, c in enumerate(self.controls):
+            if not math.isfinite(float(c.scale)):
+                out.append(f"ControlNet {i}: its scale must be a finite number, got {c.scale}")
             if not 0.0 <= float(c.start) < float(c.end) <= 1.0:
                 out.append(f"ControlNet {i}: its guidance window must satisfy 0 <= start < end <= 1, got {c.start:g}..{c.end:g}")
         return out
