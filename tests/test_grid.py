@@ -198,6 +198,14 @@ def test_a_nan_lora_weight_is_refused(pipe, assets, tmp_path):
     assert not (tmp_path / "g").exists()
 
 
+def test_an_out_path_that_is_a_file_is_refused_before_the_model_loads(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in ("notes.txt", "notes.txt/grid"):  # was an internal FileExistsError / NotADirectoryError
+        with pytest.raises(UserError, match=r"notes.txt is a file; expected a folder for grid.png"):
+            render_grid(GridSpec(base=base_cell()), tmp_path / out, overwrite=True, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_html_is_self_contained(main_grid):
     html = main_grid.html_path.read_text()
     for c in main_grid.cells:

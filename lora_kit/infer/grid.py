@@ -152,6 +152,9 @@ def plan_batches(params: list[CellParams], batch_size: int) -> list[list[int]]:
 def _old_cells(out: Path, overwrite: bool) -> list[Path]:
     """The cell pictures of a grid already in `out` (refused unless `overwrite`); removed once the new grid's
     cells are known to be renderable, so a bad setting never costs the old grid."""
+    nearest = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if not nearest.is_dir():  # checked before the model loads; mkdir would fail after it
+        raise UserError(f"--out {out}: {nearest} is a file; expected a folder for grid.png, grid.html, grid.json and cells/")
     ours = [out / n for n in ("grid.json", "grid.png", "grid.html")]
     pngs = [p for d in ("cells", "refs") for p in (out / d).glob("*.png")]
     if (any(p.exists() for p in ours) or pngs) and not overwrite:
