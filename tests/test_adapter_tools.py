@@ -12,6 +12,7 @@ from lora_kit.adapters import formats, io, metadata as md
 from lora_kit.adapters.tools.merge import parse_lora_arg
 from lora_kit.adapters.tools.resize import overall_energy, resize_parsed
 from lora_kit.cli import main
+from lora_kit.errors import UserError
 
 
 def random_parsed(model, suffixes, rank, seed, alpha, family="sd1", config=None):
@@ -140,6 +141,9 @@ def test_parse_lora_arg():
     assert parse_lora_arg("a.safetensors:0.5") == ("a.safetensors", 0.5)
     assert parse_lora_arg("C:\\x\\a.safetensors:-1") == ("C:\\x\\a.safetensors", -1.0)
     assert parse_lora_arg("C:\\x\\a.safetensors") == ("C:\\x\\a.safetensors", 1.0)
+    for bad in ("nan", "inf", "-inf"):  # merged into a model of nan weights without a word
+        with pytest.raises(UserError, match=f"a.safetensors:{bad}: expected a finite strength after the colon, got {bad}"):
+            parse_lora_arg(f"a.safetensors:{bad}")
 
 
 def test_merge_cli_writes_a_loadable_folder(kohya_file, tiny_sd15_dir, tmp_path, capsys):

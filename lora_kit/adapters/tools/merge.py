@@ -15,6 +15,7 @@ by lora_kit.adapters.single_file: diffusers ships that direction only as a repos
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -47,9 +48,12 @@ def parse_lora_arg(text: str) -> tuple[str, float]:
     head, sep, tail = text.rpartition(":")
     if sep and head:
         try:
-            return head, float(tail)
+            scale = float(tail)
         except ValueError:
-            pass
+            return text, 1.0
+        if not math.isfinite(scale):  # a nan/inf strength fuses nan into every weight it touches
+            raise UserError(f"{text}: expected a finite strength after the colon, got {tail}")
+        return head, scale
     return text, 1.0
 
 
