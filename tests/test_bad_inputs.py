@@ -22,6 +22,7 @@ from PIL import Image
 from lora_kit.config.schema import BucketConfig, CacheConfig, DatasetConfig, Recipe
 from lora_kit.data.dataset import build_train_data
 from lora_kit.data.sources import scan_dataset
+from lora_kit.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = ["2_red/g0.png", "2_red/g1.png", "2_red/g2.png"]
@@ -204,3 +205,13 @@ def test_imagefolder_rows_naming_special_files_and_unlisted_images(tmp_path, cap
     assert [r.rel for r in scan.records] == GOOD[:2] and list(map(Path, scan.skipped.skipped)) == [root / "2_red/pipe.png"]
     unlisted = _lines(caplog.text, "not listed")
     assert len(unlisted) == 1 and "1 image(s)" in unlisted[0] and "2_red/g2.png" in unlisted[0]
+
+
+def test_a_folder_with_absurd_repeats_is_one_line_not_a_hang(tmp_path):
+    """99999999999999999999_x built an epoch list of that many samples: training hung filling memory."""
+    root = _good_dataset(tmp_path / "set")
+    (root / "2_red").rename(root / "99999999999999999999_red")
+    with pytest.raises(UserError, match=r"dataset folder 99999999999999999999_red: 99999999999999999999 repeats; expected at most 10000"):
+        scan_dataset(DatasetConfig(path=str(root)))
+    (root / "99999999999999999999_red").rename(root / "10000_red")
+    assert len(scan_dataset(DatasetConfig(path=str(root))).records) == 3

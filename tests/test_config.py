@@ -63,6 +63,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('name=""\n[dataset]\npath="x"\n', "r.toml: name: expected a plain file name"),
         ('name="pytorch_lora_weights"\n[dataset]\npath="x"\n', "r.toml: name: 'pytorch_lora_weights' is the diffusers file's name"),
         ('[dataset]\npath="x"\n[buckets]\nmin_bucket_reso=-64\n', "[buckets] min_bucket_reso: expected a multiple of 8 (bucket sides are whole latents), got -64"),
+        ('[dataset]\npath="x"\nreg_repeats=99999999999\n', "[dataset] reg_repeats: expected an integer from 1 to 10000, got 99999999999"),
         ('[dataset]\npath="x"\n[network]\nalpha=nan\n', "r.toml: [network] alpha: expected a finite number, got nan"),
         ('[dataset]\npath="x"\n[train]\nmax_grad_norm=inf\n', "[train] max_grad_norm: expected a finite number, got inf"),
         ('[dataset]\npath="x"\n[sample]\nweights=[0.0, -inf]\n', "[sample] weights[1]: expected a finite number, got -inf"),

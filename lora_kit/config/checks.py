@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lora_kit.adapters.blocks import PRESETS, is_preset
 from lora_kit.config.bucket_rules import bucket_problems
-from lora_kit.config.schema import Recipe
+from lora_kit.config.schema import MAX_REPEATS, Recipe
 from lora_kit.errors import UserError
 from lora_kit.paths import is_builtin, resolve_dataset_path
 
@@ -46,8 +46,9 @@ def check_recipe(r: Recipe) -> None:
         _unit_interval(r, f"[dataset] {key}", val)
     if r.dataset.keep_tokens < 0:
         _fail(r, "[dataset] keep_tokens", "expected an integer >= 0")
-    if r.dataset.repeats < 1 or r.dataset.reg_repeats < 1:
-        _fail(r, "[dataset] repeats", "expected an integer >= 1")
+    for key in ("repeats", "reg_repeats"):
+        if not 1 <= getattr(r.dataset, key) <= MAX_REPEATS:
+            _fail(r, f"[dataset] {key}", f"expected an integer from 1 to {MAX_REPEATS}, got {getattr(r.dataset, key)}")
     for key, msg in bucket_problems(r.buckets):  # shared with `lora-kit buckets`
         _fail(r, f"[buckets] {key}", msg)
     if not 0 <= r.loss.min_timestep < r.loss.max_timestep <= 1000:

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+# Repeats of one image per epoch (a kohya N_name folder, [dataset] repeats / reg_repeats): the epoch is a list of
+# images x repeats samples, so a typo such as 99999999999_x would fill memory instead of training.
+MAX_REPEATS = 10_000
+
 Precision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["fp32", "fp16", "bf16"]
 

@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Optional
 
 from PIL import Image
 
+from lora_kit.config.schema import MAX_REPEATS
 from lora_kit.data import hfdisk
 from lora_kit.data.images import has_alpha, image_size, load_image, load_image_and_alpha, load_mask_file
 from lora_kit.errors import UserError
@@ -377,6 +378,8 @@ def find_images(root: Path, extension: str = ".txt", repeats: int = 1, tokens: O
             if folder.parent == root:
                 log.warning("folder %s has 0 repeats: its images are not used", key)
             continue
+        if n > MAX_REPEATS:
+            raise UserError(f"dataset folder {key}: {n} repeats; expected at most {MAX_REPEATS} (the N of N_name)")
         label = _label(folder, root)
         for fname in sorted(n_ for n_ in names if is_image_file(n_)):
             p = folder / fname
