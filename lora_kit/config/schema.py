@@ -170,11 +170,6 @@ class LossConfig:
     # and caption (ai-toolkit's differential output preservation, on the prior set): the adapter is taught
     # to leave prompts without the trigger as the base draws them. Costs one no-grad forward of the prior rows.
     prior_target: Literal["image", "base"] = "image"
-    # Whether prior (reg) rows train the text-encoder LoRA too. false: their caption embeddings are detached, so
-    # only the concept's captions shape the text encoder, and it cannot learn to switch the trigger off by
-    # words that only the prior captions hold (a background no concept picture has); the U-Net still learns
-    # from every row.
-    prior_trains_text_encoder: bool = True
     type: Literal["l2", "huber", "smooth_l1"] = "l2"  # kohya loss_type
     huber_schedule: Literal["constant", "exponential", "snr"] = "snr"  # kohya's default
     huber_c: float = 0.1

@@ -73,7 +73,6 @@ def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file
         f"{', masked' if r.loss.masked else ''} on {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "
         f"timesteps [{r.loss.min_timestep}, {r.loss.max_timestep})"
         + (f"; reg x{r.loss.prior_loss_weight:g} towards {'the base model' if r.loss.prior_target == 'base' else 'their images'}"
-           + ("" if r.loss.prior_trains_text_encoder or not r.network.train_text_encoder else ", U-Net only")
            if stats.num_reg_images else ""),
         f"cache       latents {'on' if d.latents_cached else 'off'}; text {'on' if d.text_cached else 'off'}"
         + (f"; {facts.offloaded} frozen module(s) kept on the CPU until sampling" if facts.offloaded and acc.device.type != "cpu" else ""),

@@ -93,15 +93,6 @@ def unet_kwargs(ctx: StepContext, batch: dict, cond: dict) -> dict:
     return kw
 
 
-def detach_rows(cond: dict, rows: torch.Tensor) -> dict:
-    """`cond` with the rows where `rows` is True cut from the graph ([loss] prior_trains_text_encoder = false):
-    the same values, no gradient back into the text encoders from those rows. A select on the device, no
-    host read."""
-    def cut(v: torch.Tensor) -> torch.Tensor:
-        return torch.where(rows.view(-1, *([1] * (v.dim() - 1))), v.detach(), v)
-    return {k: cut(v) for k, v in cond.items()}
-
-
 def base_targets(ctx: StepContext, batch: dict, reg: list[bool], noisy: torch.Tensor, t: torch.Tensor,
                  target: torch.Tensor) -> torch.Tensor:
     """`target` with each prior row replaced by the base model's prediction (adapters off) for the same noisy
@@ -137,12 +128,10 @@ def forward_loss(ctx: StepContext, batch: dict, step: int, fixed_timesteps: torc
         t = fixed_timesteps.expand(len(indices)).clone()
     t = to_device(t, ctx.device)
     noisy = add_noise(latents, noise, t, ctx.alphas_cumprod)
-    is_reg, mask = batch.get("is_reg"), batch.get("mask")
     cond = batch_conditioning(ctx, batch)
-    if is_reg is not None and not lc.prior_trains_text_encoder:
-        cond = detach_rows(cond, to_device(is_reg, ctx.device))
     pred = ctx.unet(noisy, t, **unet_kwargs(ctx, batch, cond)).sample
     target = target_for(ctx.prediction_type, latents, noise, t, ctx.alphas_cumprod)
+    is_reg, mask = batch.get("is_reg"), batch.get("mask")
     if lc.prior_target == "base" and is_reg is not None:
         target = base_targets(ctx, batch, is_reg.tolist(), noisy, t, target)
     loss = diffusion_loss(
