@@ -341,6 +341,15 @@ def test_civitai_zip_is_reproducible(run_dir, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.parametrize("weight, message", [("nan", "expected a finite number, got 'nan'"), ("-inf", "expected a finite number, got '-inf'"),
+                                             ("strong", "expected a number, got 'strong'")])
+def test_recommended_weight_must_be_a_finite_number(run_dir, tmp_path, capsys, weight, message):
+    """--weight nan was written into the card and the Civitai metadata as the recommended strength."""
+    with pytest.raises(SystemExit) as e:
+        main(["publish", str(run_dir), "--civitai", str(tmp_path / "x.zip"), f"--weight={weight}"])
+    assert e.value.code == 2 and f"--weight: {message}" in capsys.readouterr().err and not (tmp_path / "x.zip").exists()
+
+
 def test_cells_without_parameters_get_them_from_the_manifest(run_dir, tmp_path):
     from lora_kit.adapters.hashes import file_addnet_hash
 

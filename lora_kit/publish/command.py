@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from lora_kit.errors import UserError
+
+
+def _weight(text: str) -> float:
+    """--weight: a finite number (nan or inf would be written into the card and the Civitai metadata)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     meta.add_argument("--title", help="model name shown on the card / Civitai")
     meta.add_argument("--license", help="license id, e.g. openrail++ or creativeml-openrail-m")
     meta.add_argument("--base-model", metavar="HUB_ID", help="Hub id of the base model, when trained from a local copy")
-    meta.add_argument("--weight", type=float, help="recommended LoRA weight (default: from the sample grid, else 1)")
+    meta.add_argument("--weight", type=_weight, help="recommended LoRA weight (default: from the sample grid, else 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zip or non-empty --out folder")
 
 
