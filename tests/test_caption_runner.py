@@ -309,6 +309,11 @@ def test_cli_caption_edit_and_errors(dataset, capsys):
     assert main(["caption", str(dataset), "--captioner", "nope"]) == 2
     assert "unknown captioner 'nope'" in capsys.readouterr().err
     assert main(["caption", str(dataset / "missing"), "--captioner", "filename"]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    image = next(p for p in dataset.rglob("*.png"))
+    for args in (["--captioner", "filename"], ["--edit", "--remove", "circle"]):  # it said "not found"
+        assert main(["caption", str(image), *args, "--no-progress"]) == 2
+        assert f"{image} is a file; expected a dataset folder" in capsys.readouterr().err
     assert main(["caption", str(dataset), "--captioner", "template", "--template", "{klass}"]) == 2
     assert main(["caption", str(dataset), "--captioner", "clip-tags"]) == 2
     assert "--vocab" in capsys.readouterr().err

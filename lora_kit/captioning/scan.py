@@ -27,7 +27,14 @@ def make_item(root: Path, path: Path) -> ImageItem:
 def scan_dataset(root: str | os.PathLike, extension: str = ".txt", on_skip: SkipFn = warn_skip) -> list[ImageItem]:
     """Every image under `root` (recursively), with the caption training would read (`extension` first);
     FIFOs, devices and links that lead nowhere are reported through `on_skip`."""
-    root = Path(root)
+    root = require_dataset_folder(Path(root))
+    return find_images(root, extension, on_skip=on_skip)
+
+
+def require_dataset_folder(root: Path) -> Path:
+    """`root`, or one line saying whether it is missing or a file."""
+    if root.is_file():
+        raise UserError(f"{root} is a file; expected a dataset folder (images with their caption files)")
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
-    return find_images(root, extension, on_skip=on_skip)
+    return root

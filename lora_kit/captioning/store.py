@@ -20,7 +20,7 @@ import logging
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from lora_kit.captioning.scan import ImageItem
+from lora_kit.captioning.scan import ImageItem, require_dataset_folder
 from lora_kit.data.layout import first_line, read_text, sidecar_order
 from lora_kit.errors import UserError
 from lora_kit.utils import atomic_write_text
@@ -86,9 +86,7 @@ class JsonlStore:
     """
 
     def __init__(self, root: Path):
-        if not root.is_dir():
-            raise UserError(f"dataset folder not found: {root}")
-        self.root = root
+        self.root = require_dataset_folder(root)
         self.path = root / METADATA_FILE
         self.records: dict[str, dict] = {}
         self.dirty = False
