@@ -19,6 +19,9 @@ import os
 from pathlib import Path
 
 BUILTIN_PREFIX = "builtin:"
+# diffusers' LORA_WEIGHT_NAME_SAFE: the diffusers-format file every run writes beside <name>.safetensors (here, not in
+# adapters.io, so that recipe checks can name it without importing torch)
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = Path(__file__).resolve().parent / "world" / "weights"
 # CLIP's BPE merges (MIT, see models/assets/NOTICE.md): a real CLIP tokenizer offline, no extra install.

@@ -57,7 +57,7 @@ TEXT_ENCODER_MLP = ["fc1", "fc2"]  # network.text_encoder_target = "attn-mlp"
 
 
 def text_encoder_targets(net: NetworkConfig) -> list[str]:
-    return TEXT_ENCODER_TARGETS + (TEXT_ENCODER_MLP if getattr(net, "text_encoder_target", "attn") == "attn-mlp" else [])
+    return TEXT_ENCODER_TARGETS + (TEXT_ENCODER_MLP if net.text_encoder_target == "attn-mlp" else [])
 
 
 def unet_target_modules(net: NetworkConfig) -> list[str]:

@@ -21,10 +21,10 @@ import torch
 from lora_kit.adapters import formats, hashes, lycoris, metadata as md, names
 from lora_kit.errors import UserError
 from lora_kit.models.family import detect_family
+from lora_kit.paths import DIFFUSERS_WEIGHT_NAME
 from lora_kit.precision import save_dtype
 from lora_kit.utils import atomic_write_bytes
 
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _ZIP_MAGIC = b"PK\x03\x04"
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,7 @@ from lora_kit.adapters.blocks import PRESETS, is_preset
 from lora_kit.config.bucket_rules import bucket_problems
 from lora_kit.config.schema import MAX_REPEATS, Recipe
 from lora_kit.errors import UserError
-from lora_kit.paths import is_builtin, resolve_dataset_path
-
-
-DIFFUSERS_STEM = "pytorch_lora_weights"  # diffusers' LORA_WEIGHT_NAME_SAFE, without importing diffusers here
+from lora_kit.paths import DIFFUSERS_WEIGHT_NAME, is_builtin, resolve_dataset_path
 
 
 def _fail(recipe: Recipe, key: str, msg: str) -> None:
@@ -82,8 +79,8 @@ def check_name(r: Recipe) -> None:
     name = r.name
     if not name.strip() or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
         _fail(r, "name", f"expected a plain file name such as \"my-style\" (folders go in output_dir), got {name!r}")
-    if name == DIFFUSERS_STEM:
-        _fail(r, "name", f"{name!r} is the diffusers file's name ({DIFFUSERS_STEM}.safetensors, written next to <name>.safetensors); choose another")
+    if name == Path(DIFFUSERS_WEIGHT_NAME).stem:
+        _fail(r, "name", f"{name!r} is the diffusers file's name ({DIFFUSERS_WEIGHT_NAME}, written next to <name>.safetensors); choose another")
 
 
 def check_lycoris(r: Recipe) -> None:

@@ -254,14 +254,14 @@ class LoraTrainer:
     def _after_step(self, meter, grad_norm, bar) -> None:
         r, s = self.recipe, self.state.global_step
         bar.update(1)
-        if s % r.log.every_n_steps == 0 or s == self.state.total_steps:
+        last = s == self.state.total_steps
+        if s % r.log.every_n_steps == 0 or last:
             self.state.last_loss = log_step(self.accelerator, s, meter, grad_norm, self.optimizer, self.lr_scheduler, bar)
         if r.validation.every_n_steps and s % r.validation.every_n_steps == 0:
             self.validate()
-        last = s == self.state.total_steps
         if (r.save.every_n_steps and s % r.save.every_n_steps == 0 and not last) or (last and r.save.state_at_end):
             self.save_checkpoint()
-        if r.save.export_every_n_steps and s % r.save.export_every_n_steps == 0 and s < self.state.total_steps:
+        if r.save.export_every_n_steps and s % r.save.export_every_n_steps == 0 and not last:
             self.export(suffix=f"-step{s:06d}")
         if r.sample.every_n_steps and r.sample.prompts and s % r.sample.every_n_steps == 0:
             self.sample()
