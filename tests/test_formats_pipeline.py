@@ -117,6 +117,23 @@ def test_text_encoder_mlp_adapters_load_at_the_trained_strength(tiny_sd15_dir, t
     assert "lora_te_text_model_encoder_layers_0_mlp_fc2.lora_down.weight" in tensors
 
 
+def test_text_encoder_value_adapters_load_and_keep_out_proj(tiny_sd15_dir, tmp_path):
+    """network.text_encoder_target = "values" adapts v_proj and out_proj only; both files load at the trained
+    strength. out_proj is kept because diffusers 0.42.1 cannot read a kohya text-encoder LoRA without it (it
+    infers the format from `to_out_lora` keys): the last assertion pins that, so a diffusers fix shows up here."""
+    from lora_kit.adapters.inject import text_encoder_lora_config
+    from lora_kit.config.schema import NetworkConfig
+
+    targets = sorted(text_encoder_lora_config(NetworkConfig(rank=2, alpha=1.0, text_encoder_target="values")).target_modules)
+    assert targets == ["out_proj", "v_proj"]
+    _, files, _ = run_case(tiny_sd15_dir, "sd1", lora_cfg(4, 4, UNET_TARGETS), lora_cfg(2, 1, targets), tmp_path / "values")
+    te_keys = {k.split(".")[0] for k in io.load_lora_file(files["kohya"])[0] if k.startswith("lora_te_")}
+    assert {k.rsplit("_", 2)[-2] + "_" + k.rsplit("_", 1)[-1] for k in te_keys} == {"v_proj", "out_proj"}
+    _, files, _ = run_case(tiny_sd15_dir, "sd1", lora_cfg(4, 4, UNET_TARGETS), lora_cfg(2, 1, ["v_proj"]), tmp_path / "v", kohya_via_diffusers=False)
+    with pytest.raises(ValueError, match="infer state dict type"):
+        load_pipe(tiny_sd15_dir).load_lora_weights(str(files["kohya"]))
+
+
 def kohya_delta(tensors, name):
     """delta-W of one kohya module the way A1111 (network_lora.py) and ComfyUI compute it: alpha/dim * up @ down."""
     down, up = tensors[f"{name}.lora_down.weight"].float(), tensors[f"{name}.lora_up.weight"].float()

@@ -54,9 +54,15 @@ UNET_TARGETS = {
 CONV_TARGETS = ["conv1", "conv2"]  # ResnetBlock2D's 3x3 convolutions (not conv_shortcut, a 1x1 skip)
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TEXT_ENCODER_MLP = ["fc1", "fc2"]  # network.text_encoder_target = "attn-mlp"
+# network.text_encoder_target = "values": q/k keep the base's attention pattern (which words each word reads) and
+# the trigger's meaning travels in what is read. out_proj stays in: diffusers (0.42.1) infers a kohya file's
+# text-encoder format from its `to_out_lora` keys and cannot load one without them.
+TEXT_ENCODER_VALUES = ["v_proj", "out_proj"]
 
 
 def text_encoder_targets(net: NetworkConfig) -> list[str]:
+    if net.text_encoder_target == "values":
+        return list(TEXT_ENCODER_VALUES)
     return TEXT_ENCODER_TARGETS + (TEXT_ENCODER_MLP if net.text_encoder_target == "attn-mlp" else [])
 
 

@@ -106,8 +106,9 @@ class NetworkConfig:
     text_encoder_rank: int = 0  # 0 = same as rank
     text_encoder_alpha: float = 0.0  # 0 = same as alpha
     # "attn": q/k/v/out projections (the diffusers examples); "attn-mlp": also each layer's MLP (fc1, fc2), as
-    # kohya's networks.lora trains CLIPAttention and CLIPMLP
-    text_encoder_target: Literal["attn", "attn-mlp"] = "attn"
+    # kohya's networks.lora trains CLIPAttention and CLIPMLP; "values": only the value and output projections
+    # (v_proj, out_proj), so every word attends where the base model's did (docs/recipes.md)
+    text_encoder_target: Literal["attn", "attn-mlp", "values"] = "attn"
 
 
 @dataclass

@@ -66,7 +66,7 @@ def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file
         + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})" + optimizer_extras(r),
         f"network     {r.network.algo.upper() if r.network.algo != 'lora' else 'LoRA'} rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
         + (f" + ResNet convs rank {r.network.conv_rank} alpha {conv_alpha(r.network):g}" if r.network.conv_rank else "")
-        + ((" + text encoder" + (" (attention and MLP)" if r.network.text_encoder_target == "attn-mlp" else ""))
+        + ((" + text encoder" + {"attn-mlp": " (attention and MLP)", "values": " (attention values and outputs)"}.get(r.network.text_encoder_target, ""))
            if r.network.train_text_encoder else "")
         + f"; {facts.trainable_parameters:,} trainable parameters",
         f"loss        {r.loss.type}{' (' + r.loss.huber_schedule + ' Huber schedule)' if r.loss.type != 'l2' else ''}"
