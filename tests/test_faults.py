@@ -450,7 +450,7 @@ def test_fingerprint_refuses_another_base_model_but_not_a_moved_one(tmp_path):
 
 @pytest.mark.parametrize("change", ['network.algo="loha"', "optimizer.loraplus_lr_ratio=4.0",
                                     "network.block_dims=[4, 4, 4, 4, 4, 4, 4, 4, 4]", 'optimizer.name="lion8bit"',
-                                    'network.text_encoder_target="attn-mlp"'])
+                                    'network.text_encoder_target="attn-mlp"', 'network.text_encoder_target="values"'])
 def test_fingerprint_refuses_a_changed_algo_block_layout_or_optimizer_groups(change):
     from lora_kit.config.load import load_recipe
     from lora_kit.train.fingerprint import compare, recipe_fingerprint
