@@ -16,6 +16,7 @@ from lora_kit.errors import UserError
 from lora_kit.infer.parameters import fmt_number
 from lora_kit.infer.schedulers import canonical_sampler_name
 from lora_kit.infer.spec import Axis, CellParams, LoraRef
+from lora_kit.paths import DIFFUSERS_WEIGHT_NAME
 
 _SCALARS = {"prompt": str, "negative_prompt": str, "seed": int, "cfg": float, "steps": int, "clip_skip": int, "strength": float}
 _NUMBERS = {**_SCALARS, "weight": float, "control_scale": float}
@@ -112,7 +113,7 @@ def _label(path: Path, key) -> str:
     return f"step {key}" if m and m.group(1) != "-" else path.stem
 
 _STEP = re.compile(r"(step|checkpoint-|ckpt-|-)0*(\d+)(?=\D*$)")
-_SECONDARY = ("_diffusers", "pytorch_lora_weights")  # same adapter as the kohya file beside it
+_SECONDARY = ("_diffusers", Path(DIFFUSERS_WEIGHT_NAME).stem)  # same adapter as the kohya file beside it
 
 
 def _is_lora_file(path: Path) -> bool:
