@@ -91,6 +91,14 @@ def test_overrides_are_typed(tmp_path):
         load_recipe(p, ["network.rank=x"])
 
 
+def test_overrides_leave_the_callers_tables_alone():
+    data = {"dataset": {"path": "x"}, "network": {"rank": 4}}
+    first = recipe_from_dict(data, "r.toml", ["network.rank=16", "optimizer.lr=1e-3"])
+    second = recipe_from_dict(data, "r.toml")
+    assert (first.network.rank, second.network.rank) == (16, 4)
+    assert data == {"dataset": {"path": "x"}, "network": {"rank": 4}}
+
+
 def test_cli_prints_one_line_error_without_traceback(tmp_path):
     p = _write(tmp_path, '[dataset]\npath="x"\n[network]\nalpha="high"\n')
     res = subprocess.run([sys.executable, "-m", "lora_kit", "recipe", str(p)], capture_output=True, text=True)

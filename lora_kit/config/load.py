@@ -7,6 +7,7 @@ one line that names the file, the key and what was expected, e.g.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -143,7 +144,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_from_dict(data: dict, source: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
-    data = apply_overrides(dict(data), overrides or [])
+    # A deep copy: overrides write into nested tables, which belong to the caller (a recipe dict reused for
+    # several runs, as the benches do, must not carry one run's --set into the next).
+    data = apply_overrides(copy.deepcopy(data), overrides or [])
     recipe = _build(Recipe, data, source)
     recipe.source = source
     recipe.output_dir = recipe.output_dir.replace("{name}", recipe.name)
