@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,23 @@ def test_broken_or_foreign_lora_files_are_one_line_naming_the_file(tiny_sd15_dir
         with pytest.raises(UserError) as err:
             fresh.apply_loras([LoraRef(path, 1.0, name=name)])
         assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_a_lora_that_fails_to_load_mid_grid_leaves_no_folder_and_keeps_the_old_grid(pipe, assets, main_grid, tmp_path):
+    """The checkpoint axis loads its files as it advances: a truncated second file failed after the old cells were
+    removed and the --out folder made, so an empty folder (or a grid.json naming missing cells) was left behind."""
+    good = Path(assets["b"])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    spec = GridSpec(base=base_cell(), cols=[Axis("checkpoint", [str(good), str(cut)], "", ["good", "cut"])], base_distance=False)
+    with pytest.raises(UserError, match="corrupt or truncated safetensors file"):
+        render_grid(spec, tmp_path / "new" / "grid", pipeline=pipe, progress=False)
+    assert not (tmp_path / "new").exists()
+    old = shutil.copytree(main_grid.out_dir, tmp_path / "old")
+    before = {p.relative_to(old): p.read_bytes() for p in Path(old).rglob("*.png")}
+    with pytest.raises(UserError, match="corrupt or truncated safetensors file"):
+        render_grid(spec, old, pipeline=pipe, overwrite=True, progress=False)
+    assert {p.relative_to(old): p.read_bytes() for p in Path(old).rglob("*.png")} == before and len(before) > 1
 
 
 def test_a_nan_lora_weight_is_refused(pipe, assets, tmp_path):

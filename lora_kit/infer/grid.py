@@ -190,12 +190,13 @@ def render_grid(spec: GridSpec, out_dir: str | Path, *, pipeline: LoraPipeline |
     old = _old_cells(out, overwrite)
     pipe = pipeline or LoraPipeline.load(spec.model, spec.base.controls, dtype=spec.dtype, device=spec.device, single_file_config=spec.single_file_config)
     cells = expand_cells(spec, pipe.native_size())
-    for p in old:
-        p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     params = [c.params for c in cells]
     refs, ref_of = find_references(params, spec.base_distance)
+    # Rendered before anything is written or removed: a LoRA file that fails to load mid-grid leaves no empty
+    # folder and keeps the old grid (the files are written with their folders by atomic_write).
     images, batch_of, seconds = _generate_all(pipe, params + refs, spec, progress)
+    for p in old:
+        p.unlink()
     files = [f"cells/{i:03d}.png" for i in range(len(cells))] + [f"refs/{k:03d}.png" for k in range(len(refs))]
     texts = [cell_parameters(p, pipe.model, pipe.short_hash) for p in params + refs]
     for im, f, t in zip(images, files, texts):
