@@ -37,3 +37,15 @@ def test_huber_loss_reaches_training_and_the_files_metadata(tmp_path, capsys):
     with safe_open(str(tmp_path / "l2" / "tiny-smoke.safetensors"), "pt") as f:
         assert f.metadata()["ss_loss_type"] == "l2" and "ss_huber_c" not in f.metadata()
     assert l2.global_step == huber.global_step == 2
+
+
+def test_summary_names_the_text_encoders_own_rank_and_layers():
+    from lora_kit.config.schema import NetworkConfig
+    from lora_kit.train.report import _text_encoder_words
+
+    assert _text_encoder_words(NetworkConfig(rank=8, alpha=8.0)) == " + text encoder"
+    assert _text_encoder_words(NetworkConfig(rank=8, alpha=8.0, text_encoder_rank=8, text_encoder_target="attn-mlp")) == \
+        " + text encoder (attention and MLP)"
+    values = NetworkConfig(rank=8, alpha=8.0, text_encoder_rank=16, text_encoder_alpha=16.0, text_encoder_target="values")
+    assert _text_encoder_words(values) == " + text encoder rank 16 alpha 16 (attention values and outputs)"
+    assert _text_encoder_words(NetworkConfig(rank=8, alpha=4.0, text_encoder_alpha=8.0)) == " + text encoder rank 8 alpha 8"

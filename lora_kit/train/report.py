@@ -41,6 +41,14 @@ class SetupFacts:
     trainable_parameters: int
 
 
+def _text_encoder_words(net) -> str:
+    """" + text encoder[ rank R alpha A][ (which layers)]": its own rank and alpha only where they differ."""
+    rank, alpha = net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
+    own = f" rank {rank} alpha {alpha:g}" if (rank, alpha) != (net.rank, net.alpha) else ""
+    where = {"attn-mlp": " (attention and MLP)", "values": " (attention values and outputs)"}.get(net.text_encoder_target, "")
+    return " + text encoder" + own + where
+
+
 def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file=None) -> None:
     """The one-screen summary at the start of a run (main process)."""
     r, b, d = recipe, bundle, data
@@ -66,8 +74,7 @@ def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file
         + f"; schedule {r.scheduler.name} (warmup {r.scheduler.warmup_steps})" + optimizer_extras(r),
         f"network     {r.network.algo.upper() if r.network.algo != 'lora' else 'LoRA'} rank {r.network.rank} alpha {r.network.alpha:g} on {r.network.target}"
         + (f" + ResNet convs rank {r.network.conv_rank} alpha {conv_alpha(r.network):g}" if r.network.conv_rank else "")
-        + ((" + text encoder" + {"attn-mlp": " (attention and MLP)", "values": " (attention values and outputs)"}.get(r.network.text_encoder_target, ""))
-           if r.network.train_text_encoder else "")
+        + (_text_encoder_words(r.network) if r.network.train_text_encoder else "")
         + f"; {facts.trainable_parameters:,} trainable parameters",
         f"loss        {r.loss.type}{' (' + r.loss.huber_schedule + ' Huber schedule)' if r.loss.type != 'l2' else ''}"
         f"{', masked' if r.loss.masked else ''} on {b.prediction_type}; min-SNR {r.loss.min_snr_gamma or 'off'}; noise offset {r.loss.noise_offset or 'off'}; "
