@@ -30,12 +30,12 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 
 
 def test_demo_style_quick_trains_the_shipped_style_recipe(tmp_path):
-    """`--style` runs its own recipe (caption priors, a text-encoder LoRA on the values at rank 16) end to end."""
+    """`--style` runs its own recipe (caption priors rendered by the base, ResNet-conv rank 8) end to end."""
     res = subprocess.run([sys.executable, "-m", "lora_kit", "demo", "--style", "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "style"
     assert (out / "run" / "demo-stripes.safetensors").is_file() and (out / "grid" / "grid.png").is_file()
-    assert "+ text encoder rank 16 alpha 16 (attention values and outputs)" in res.stdout
+    assert "+ ResNet convs rank 8 alpha 8 + text encoder;" in res.stdout
     scores = json.loads((out / "scores.json").read_text())
     assert scores["trigger"] == "zyk" and scores["concept"]["fill"] == "periodic"
 
