@@ -207,6 +207,10 @@ def test_a_lora_that_fails_to_load_mid_grid_leaves_no_folder_and_keeps_the_old_g
     with pytest.raises(UserError, match="corrupt or truncated safetensors file"):
         render_grid(spec, old, pipeline=pipe, overwrite=True, progress=False)
     assert {p.relative_to(old): p.read_bytes() for p in Path(old).rglob("*.png")} == before and len(before) > 1
+    # The pipeline was unfused and the good file dropped when the cut one came in: the same good cell again must
+    # load and fuse it, not take the old state as still in place.
+    pipe.apply_loras([LoraRef(str(good), 1.0)])
+    assert pipe._fused and len(pipe._adapters) == 1
 
 
 def test_a_nan_lora_weight_is_refused(pipe, assets, tmp_path):

@@ -269,6 +269,7 @@ class LoraPipeline:
         if key == self._state:
             return
         self._unfuse()
+        self._state = None  # until the new state is reached: a file that fails to load must not leave the old key
         names = self._ensure_loaded(active)
         lycos = [(self._lycoris[lo.path], float(lo.weight)) for lo in active if lo.path in self._lycoris]
         if lycos:  # before any LoRA fuse touches a base weight they share
