@@ -77,6 +77,11 @@ def conv_alpha(net: NetworkConfig) -> float:
     return net.conv_alpha or float(net.conv_rank)
 
 
+def text_encoder_dims(net: NetworkConfig) -> tuple[int, float]:
+    """The text-encoder LoRA's rank and alpha: its own, or the U-Net's where they are 0."""
+    return net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
+
+
 def _conv_patterns(net: NetworkConfig) -> tuple[dict, dict]:
     """peft rank_pattern / alpha_pattern giving the ResNet convolutions their own rank and alpha."""
     if not net.conv_rank:
@@ -163,7 +168,7 @@ def unet_lora_config(net: NetworkConfig, plan: BlockPlan | None = None):
 
 
 def text_encoder_lora_config(net: NetworkConfig):
-    r, alpha = net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
+    r, alpha = text_encoder_dims(net)
     if getattr(net, "algo", "lora") != "lora":
         return _lycoris_config(net, r, alpha, text_encoder_targets(net), {}, {})
     return LoraConfig(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from lora_kit.adapters.inject import conv_alpha
+from lora_kit.adapters.inject import conv_alpha, text_encoder_dims
 from lora_kit.config.load import recipe_to_dict
 from lora_kit.data.trigger_words import trigger_word_warnings
 from lora_kit.train.optim import optimizer_extras
@@ -43,7 +43,7 @@ class SetupFacts:
 
 def _text_encoder_words(net) -> str:
     """" + text encoder[ rank R alpha A][ (which layers)]": its own rank and alpha only where they differ."""
-    rank, alpha = net.text_encoder_rank or net.rank, net.text_encoder_alpha or net.alpha
+    rank, alpha = text_encoder_dims(net)
     own = f" rank {rank} alpha {alpha:g}" if (rank, alpha) != (net.rank, net.alpha) else ""
     where = {"attn-mlp": " (attention and MLP)", "values": " (attention values and outputs)"}.get(net.text_encoder_target, "")
     return " + text encoder" + own + where
