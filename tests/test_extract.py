@@ -95,6 +95,16 @@ def test_extract_refuses_bad_arguments(tmp_path, tiny_sd15_dir, capsys):
     assert "identical" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("min_diff", ["-1", "nan"])
+def test_extract_refuses_a_negative_min_diff(tmp_path, tiny_sd15_dir, capsys, min_diff):
+    """--min-diff -1 (or nan) kept every module: the same model twice gave a file of 97 all-zero modules
+    reported as 'energy kept 1.0000' instead of 'identical'."""
+    out = tmp_path / "o.safetensors"
+    assert main(["extract", str(tiny_sd15_dir), str(tiny_sd15_dir), str(out), "--rank", "2", "--min-diff", min_diff]) == 2
+    assert f"--min-diff must be a number >= 0 (0: leave out identical modules), got {float(min_diff)}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_sdxl_extract_writes_stability_names_that_read_back(tmp_path):
     from types import SimpleNamespace
 

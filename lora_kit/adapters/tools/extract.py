@@ -150,6 +150,8 @@ def run(args) -> int:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.conv_rank is not None and args.conv_rank < 0:
         raise UserError(f"--conv-rank must be >= 0, got {args.conv_rank}")
+    if not args.min_diff >= 0.0:  # also nan: with a negative one, identical modules went in as zero LoRAs
+        raise UserError(f"--min-diff must be a number >= 0 (0: leave out identical modules), got {args.min_diff}")
     if Path(args.out).exists() and not args.force:
         raise UserError(f"{args.out} exists; pass --force to replace it")
     kw = {"dtype": torch.float32, "single_file_config": args.single_file_config}
