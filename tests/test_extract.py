@@ -105,6 +105,26 @@ def test_extract_refuses_a_negative_min_diff(tmp_path, tiny_sd15_dir, capsys, mi
     assert not out.exists()
 
 
+@pytest.mark.parametrize("out, extra, message", [
+    ("lora.ckpt", [], "OUT must name a .safetensors file (the kohya LoRA), got lora.ckpt"),
+    ("lora", [], "OUT must name a .safetensors file (the kohya LoRA), got lora"),
+    ("folder.safetensors", ["--force"], "folder.safetensors is a folder; expected the path of the .safetensors file to write"),
+    ("notes.txt/lora.safetensors", [], "notes.txt is a file"),
+    ("model.safetensors", ["--force"], "model.safetensors is one of the two models; write the LoRA to another file"),
+])
+def test_extract_checks_out_before_loading_the_models(tmp_path, tiny_sd15_dir, capsys, out, extra, message):
+    """These were found after both models loaded and the SVD ran (or, for a .ckpt name, not at all: a
+    safetensors file named .ckpt was written), and OUT = TUNED with --force replaced the user's model."""
+    (tmp_path / "folder.safetensors").mkdir()
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "model.safetensors").write_bytes(b"a model")
+    tuned = tmp_path / "model.safetensors" if out == "model.safetensors" else tiny_sd15_dir
+    assert main(["extract", str(tuned), str(tiny_sd15_dir), str(tmp_path / out), "--rank", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "extracting" not in err
+    assert (tmp_path / "model.safetensors").read_bytes() == b"a model" and not (tmp_path / "lora.ckpt").exists()
+
+
 def test_sdxl_extract_writes_stability_names_that_read_back(tmp_path):
     from types import SimpleNamespace
 
