@@ -215,3 +215,16 @@ def test_a_folder_with_absurd_repeats_is_one_line_not_a_hang(tmp_path):
         scan_dataset(DatasetConfig(path=str(root)))
     (root / "99999999999999999999_red").rename(root / "10000_red")
     assert len(scan_dataset(DatasetConfig(path=str(root))).records) == 3
+
+
+def test_init_model_in_a_read_only_folder_is_one_line_naming_it(tmp_path):
+    """The error named the temp folder lora-kit tried to make ('ro/.m.7_yuwllb.tmp'), not the read-only folder."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        proc = _cli(tmp_path, "init-model", "ro/m", drop_root=True)
+    finally:
+        ro.chmod(0o755)
+    _assert_one_line_error(proc, "init-model", "ro/m: cannot write in ro: permission denied (read-only folder)")
+    assert list(ro.iterdir()) == []

@@ -177,3 +177,27 @@ def test_precision_names():
     assert precision.runtime_dtype("bfloat16", "cpu") == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype 'half'"):
         precision.runtime_dtype("half", "cpu")
+
+
+def test_init_model_never_replaces_a_file_or_a_folder_of_user_files(tmp_path, capsys):
+    """`init-model X --overwrite` turned the file X into a model folder and deleted a folder of the user's
+    own files; OUT under a file was an internal error (FileExistsError)."""
+    from lora_kit.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"mine")
+    cases = [(["notes.txt", "--overwrite"], "notes.txt is a file; expected a folder for the diffusers model"),
+             (["photos", "--overwrite"], "photos holds files that are not a diffusers model (no model_index.json)"),
+             (["photos"], "photos exists; pass --overwrite to replace it"),
+             (["notes.txt/model"], "cannot create the folder"),
+             ]
+    for argv, message in cases:
+        argv = [str(tmp_path / argv[0]), *argv[1:]]
+        assert main(["init-model", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and (tmp_path / "photos" / "a.png").read_bytes() == b"mine"
+    model = tmp_path / "model"
+    assert main(["init-model", str(model)]) == 0 and main(["init-model", str(model), "--overwrite", "--seed", "1"]) == 0
+    assert (model / "model_index.json").is_file()  # a model folder is replaced

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lora_kit.errors import UserError
@@ -12,13 +13,31 @@ def add_arguments(p) -> None:
     p.add_argument("out", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--preset", default="tiny-sd15", choices=sorted(PRESETS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder (one with model_index.json)")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an OUT that is a file, sits under a file or a folder it cannot write in, or holds files that
+    are not a model: --overwrite replaces a model folder, never a file or a folder of the user's own files."""
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"{out}: cannot create the folder {out.parent}: {blocker} is a file")
+    if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: cannot write in {blocker}: permission denied (read-only folder)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out} is a file; expected a folder for the diffusers model (--overwrite replaces a model folder, not a file)")
+    if not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if any(out.iterdir()) and not (out / "model_index.json").is_file():
+        raise UserError(f"{out} holds files that are not a diffusers model (no model_index.json); "
+                        "--overwrite replaces only a model folder: choose another OUT")
 
 
 def run(args) -> int:
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    check_out(out, args.overwrite)
     preset = get_preset(args.preset)
     write_preset(args.preset, out, seed=args.seed)
     print(f"wrote {preset.name} ({preset.description}, {preset.resolution} px) to {out}")
