@@ -139,6 +139,26 @@ def test_caption_file_without_read_permission_is_one_line(tmp_path):
     assert sidecar.read_text(encoding="utf-8") == "my caption\n"  # never replaced
 
 
+def test_read_only_folder_stops_caption_before_it_writes_anything(tmp_path):
+    """A read-only subfolder stopped the run halfway (the folders before it captioned) with a PermissionError
+    naming a temp file ('set/3_blue/.g0.txt.fy3whm_8.tmp'); a read-only dataset named the progress log's temp file."""
+    root = _good_dataset(tmp_path / "set")
+    blue = root / "3_blue"
+    blue.mkdir()
+    Image.new("RGB", (64, 48), "blue").save(blue / "b0.png")
+    blue.chmod(0o555)
+    try:
+        proc = _cli(tmp_path, "caption", str(root), "--captioner", "template", "--no-progress", drop_root=True)
+        _assert_one_line_error(proc, "caption", "cannot write captions in set/3_blue: permission denied (read-only folder)")
+        assert _captions(root) == {} and sorted(p.name for p in root.iterdir()) == ["2_red", "3_blue"]  # nothing written
+        root.chmod(0o555)
+        proc = _cli(tmp_path, "caption", str(root), "--captioner", "template", "--no-progress", drop_root=True)
+        _assert_one_line_error(proc, "caption", "cannot write captions in set: permission denied (read-only folder)")
+    finally:
+        root.chmod(0o755)
+        blue.chmod(0o755)
+
+
 # ---------------------------------------------------------------------------------------------- library cases
 
 

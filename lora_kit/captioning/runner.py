@@ -8,6 +8,7 @@ settings continues where it stopped and captions nothing twice, in skip, append 
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,6 +179,7 @@ def caption_dataset(dataset: str | Path, captioner: Captioner, options: CaptionO
     done = {} if options.dry_run else progress.load()
     pending = _select(items, store, done, options, report)
     if not options.dry_run:
+        _require_writable(root, [store.path_for(it).parent for it in pending] if hasattr(store, "path_for") else [])
         progress.start(done)
     finished = False
     bar = tqdm(total=len(pending), unit="img", desc=f"caption ({captioner.name})", disable=not options.progress)
@@ -202,6 +204,15 @@ def caption_dataset(dataset: str | Path, captioner: Captioner, options: CaptionO
     report.frequency = tag_frequency(report.captions.values() if options.dry_run else all_captions(store, items),
                                      options.separator)
     return report
+
+
+def _require_writable(root: Path, folders: list[Path]) -> None:
+    """One line naming the first folder a caption (or the progress log, at the root) cannot be written in,
+    before anything is captioned: not a PermissionError naming a temp file halfway through the run."""
+    for folder in dict.fromkeys([root, *folders]):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            name = "/".join((root.name, *folder.relative_to(root).parts)) if folder.is_relative_to(root) else str(folder)
+            raise UserError(f"cannot write captions in {name}: permission denied (read-only folder); nothing was captioned")
 
 
 def _write(item: ImageItem, text: str, store, progress: ProgressLog, options: CaptionOptions, report: CaptionReport) -> None:
