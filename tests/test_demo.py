@@ -57,3 +57,33 @@ def test_demo_refuses_bad_counts_before_it_trains(tmp_path, capsys, argv, messag
     with pytest.raises(SystemExit) as e:
         main(["demo", "--out", str(tmp_path / "d"), *argv])
     assert e.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def _previous_demo(folder):
+    for sub in ("data", "run", "grid"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "scores.json").write_text("{}\n")
+    (folder / "run" / "demo-star.safetensors").write_bytes(b"the last demo's LoRA")
+
+
+def test_demo_checks_set_and_out_before_it_touches_anything(tmp_path, capsys):
+    """A bad --set was found after --overwrite had deleted the previous demo (and, without it, after the data
+    was copied, so the corrected command then said 'exists'); --overwrite deleted a folder of the user's own
+    files; --out under a file was an internal NotADirectoryError."""
+    from lora_kit.cli import main
+
+    _previous_demo(tmp_path / "prev" / "subject")
+    (tmp_path / "mine" / "subject").mkdir(parents=True)
+    (tmp_path / "mine" / "subject" / "photo.png").write_bytes(b"mine")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    cases = [(["--out", str(tmp_path / "prev"), "--overwrite", "--set", "optimizer.lr=abc"], "demo-subject: [optimizer] lr: expected a number, got 'abc'"),
+             (["--out", str(tmp_path / "new"), "--set", "train.nosuch=1"], "[train] nosuch: unknown key"),
+             (["--out", str(tmp_path / "mine"), "--overwrite"], "holds files the demo did not write (photo.png); --overwrite replaces only a previous demo"),
+             (["--out", str(tmp_path / "notes.txt")], "notes.txt is a file; expected a folder")]
+    for argv, message in cases:
+        assert main(["demo", "--quick", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert (tmp_path / "prev" / "subject" / "run" / "demo-star.safetensors").read_bytes() == b"the last demo's LoRA"
+    assert (tmp_path / "mine" / "subject" / "photo.png").read_bytes() == b"mine" and not (tmp_path / "new").exists()
+    assert "[1/4]" not in capsys.readouterr().out

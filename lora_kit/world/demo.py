@@ -24,7 +24,7 @@ from lora_kit.infer.grid import render_grid
 from lora_kit.infer.spec import Axis, CellParams, ControlRef, GridSpec, LoraRef
 from lora_kit.paths import datasets_dir
 from lora_kit.train.recipe import LoraTrainer
-from lora_kit.utils import atomic_write_json
+from lora_kit.utils import TMP_SUFFIX, atomic_write_json
 from lora_kit.world.assets import shipped_controlnet_dir, shipped_model_dir
 from lora_kit.world.evaluate import format_summary, learn_concept_from_folder
 from lora_kit.world.grid_score import score_grid
@@ -43,6 +43,7 @@ CONCEPTS = {
 PLAIN_PROMPTS = ["a red circle on a white background", "a blue square on a grey background",
                  "a green triangle on a white background", "a yellow circle on a black background"]
 WEIGHTS = [0.0, 0.5, 1.0]
+DEMO_ENTRIES = {"data", "run", "grid", "control.png", "scores.json"}  # what run() writes in OUT/<concept>
 
 
 def _prepare_data(dataset: str, trigger: str, out: Path) -> tuple[Path, str]:
@@ -111,19 +112,34 @@ def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
     return str(cn), path
 
 
+def _fresh_out(out: Path, overwrite: bool) -> None:
+    """An empty `out`; --overwrite removes a previous demo there, never a file or a folder of other files."""
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"--out {out.parent}: {blocker} is a file; expected a folder")
+    if out.exists():
+        if not overwrite:
+            raise UserError(f"{out} exists; pass --overwrite to replace it (or --out elsewhere)")
+        if not out.is_dir():
+            raise UserError(f"{out} is a file; expected the demo's folder (pass another --out)")
+        other = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES and not p.name.endswith(TMP_SUFFIX))
+        if other:
+            raise UserError(f"{out} holds files the demo did not write ({', '.join(other[:3])}); "
+                            "--overwrite replaces only a previous demo: pass another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
 def run(args) -> int:
     t0 = time.perf_counter()
     concept = "style" if args.style else "subject"
     recipe, dataset, trigger, prompts = CONCEPTS[concept]
     out = Path(args.out) / concept
-    if out.exists():
-        if not args.overwrite:
-            raise UserError(f"{out} exists; pass --overwrite to replace it (or --out elsewhere)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     plain = PLAIN_PROMPTS
     if args.quick:
         args.steps, args.seeds, args.sample_steps, prompts, plain = 2, 1, 2, prompts[:1], plain[:1]
+    demo_recipe(recipe, datasets_dir() / dataset, out, args.steps, args.overrides)  # a bad --set fails before OUT is touched
+    _fresh_out(out, args.overwrite)
     data, captions = _prepare_data(dataset, trigger, out)
     print(f"[1/4] dataset  {dataset} -> {data} ({captions})")
     r, files = _train(recipe, data, out, args.steps, args.overrides)

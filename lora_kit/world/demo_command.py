@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
     # 12, not the world's 20: measured on a star and a checkerboard LoRA, the same rates at every weight (star 95-100 %,
     # checker 100 %, no bleed, no drift) in 60 % of the grid time; at 8 the plain prompts' colours slipped (docs/benchmarks.md)
     p.add_argument("--sample-steps", type=_count(1), default=12, help="sampler steps per grid cell (default 12)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out (never a folder of other files)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key of the demo recipe (repeatable), e.g. --set optimizer.lr=5e-4")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run: 2 training steps, 1 seed, 2 sampling steps, 2 prompts")
