@@ -91,6 +91,18 @@ def test_overrides_are_typed(tmp_path):
         load_recipe(p, ["network.rank=x"])
 
 
+@pytest.mark.parametrize("override", ["=3", "optimizer.=1", "optimizer..lr=1", ".lr=1"])
+def test_override_with_an_empty_key_part_names_the_override(override):
+    """`--set =3` said ': unknown key', `--set optimizer.=1` '[optimizer] : unknown key': neither named the override."""
+    with pytest.raises(UserError) as e:
+        recipe_from_dict({"dataset": {"path": "x"}}, "r.toml", [override])
+    assert str(e.value) == f"override {override!r}: expected section.key=value (a key part is empty)"
+
+
+def test_override_keys_may_have_spaces_around_their_parts():
+    assert recipe_from_dict({"dataset": {"path": "x"}}, "r.toml", [" network . rank = 8"]).network.rank == 8
+
+
 def test_overrides_leave_the_callers_tables_alone():
     data = {"dataset": {"path": "x"}, "network": {"rank": 4}}
     first = recipe_from_dict(data, "r.toml", ["network.rank=16", "optimizer.lr=1e-3"])

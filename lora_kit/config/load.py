@@ -112,11 +112,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError(f"override {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
+    path = [part.strip() for part in key.split(".")]
+    if not all(path):  # "=3", "optimizer.=1", "optimizer..lr=1": a key part is missing
+        raise RecipeError(f"override {text!r}: expected section.key=value (a key part is empty)")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key.strip().split("."), value
+    return path, value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
