@@ -106,18 +106,21 @@ def test_convert_round_trip_and_no_silent_overwrite(kohya_file, tmp_path):
 
 
 def test_output_path_that_is_a_folder_or_under_a_file_is_one_line(kohya_file, tmp_path, capsys):
-    """Was an internal IsADirectoryError (with --force) or FileExistsError / NotADirectoryError."""
+    """Was an internal IsADirectoryError (with --force) or FileExistsError / NotADirectoryError; a .ckpt name
+    was written as a safetensors file under that name."""
     (tmp_path / "folder.safetensors").mkdir()
     (tmp_path / "folder.safetensors" / "keep.txt").write_text("mine")
     cases = [("folder.safetensors", "folder.safetensors is a folder; expected the path of the .safetensors file to write"),
              ("cube.safetensors/x.safetensors", "cannot create the folder"),
-             ("cube.safetensors/sub/x.safetensors", f"{kohya_file} is a file")]
+             ("cube.safetensors/sub/x.safetensors", f"{kohya_file} is a file"),
+             ("small.ckpt", "small.ckpt: expected the path of a .safetensors file to write (got .ckpt)")]
     for out, expected in cases:
         for cmd in (["convert", "--to", "kohya"], ["resize", "--rank", "2"]):
             assert main([*cmd, str(kohya_file), str(tmp_path / out), "--force"]) == 2
             errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
             assert len(errors) == 1 and expected in errors[0], errors
     assert (tmp_path / "folder.safetensors" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "small.ckpt").exists()
 
 
 def test_convert_sdxl_layout_from_file_or_base(comps, tiny_sdxl_dir, tmp_path):

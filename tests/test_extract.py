@@ -106,11 +106,11 @@ def test_extract_refuses_a_negative_min_diff(tmp_path, tiny_sd15_dir, capsys, mi
 
 
 @pytest.mark.parametrize("out, extra, message", [
-    ("lora.ckpt", [], "OUT must name a .safetensors file (the kohya LoRA), got lora.ckpt"),
-    ("lora", [], "OUT must name a .safetensors file (the kohya LoRA), got lora"),
+    ("lora.ckpt", [], "lora.ckpt: expected the path of a .safetensors file to write (got .ckpt)"),
+    ("lora", [], "lora: expected the path of a .safetensors file to write (got no extension)"),
     ("folder.safetensors", ["--force"], "folder.safetensors is a folder; expected the path of the .safetensors file to write"),
     ("notes.txt/lora.safetensors", [], "notes.txt is a file"),
-    ("model.safetensors", ["--force"], "model.safetensors is one of the two models; write the LoRA to another file"),
+    ("model.safetensors", ["--force"], "model.safetensors is one of the inputs; write the LoRA to another file"),
 ])
 def test_extract_checks_out_before_loading_the_models(tmp_path, tiny_sd15_dir, capsys, out, extra, message):
     """These were found after both models loaded and the SVD ran (or, for a .ckpt name, not at all: a

@@ -41,23 +41,28 @@ def cast_tensors(tensors: dict, precision: str | None) -> dict:
     return out
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_target(path: Path, overwrite: bool, inputs: tuple = ()) -> None:
+    """Refuse an output LoRA path that cannot or must not be written. Tools call it before their work (an
+    SVD of two models takes minutes) with their input files as `inputs`; every write calls it again."""
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(f"{path}: expected the path of a .safetensors file to write (got {path.suffix or 'no extension'})")
     if path.is_dir():  # --force would not help: a file is never renamed over a folder
         raise UserError(f"{path} is a folder; expected the path of the .safetensors file to write")
+    if path.exists() and any(Path(p).exists() and path.samefile(p) for p in inputs):
+        raise UserError(f"{path} is one of the inputs; write the LoRA to another file")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --force (overwrite=True) to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder of the path should be
-        blocker = next(p for p in path.parents if p.exists())
-        raise UserError(f"{path}: cannot create the folder {path.parent}: {blocker} is a file") from exc
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # a file where a folder of the path should be
+        raise UserError(f"{path}: cannot create the folder {path.parent}: {blocker} is a file")
 
 
 def save_lora_file(path, tensors: dict, metadata: dict | None = None, precision: str | None = "fp16",
                    *, overwrite: bool = False, add_hashes: bool = True) -> Path:
     """Write a .safetensors LoRA atomically; metadata values must be str; adds sshs_* hashes."""
     path = Path(path)
-    _check_target(path, overwrite)
+    check_target(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = cast_tensors(tensors, precision)
     meta = {k: v for k, v in (metadata or {}).items() if not k.startswith("sshs_")}
     bad = [k for k, v in meta.items() if not isinstance(v, str)]

@@ -135,26 +135,11 @@ def _name(spec: str) -> str:
     return spec.split(":", 1)[1] if spec.startswith("builtin:") else Path(spec).name or spec  # never a full path
 
 
-def _check_out(out: Path, force: bool, inputs: tuple[str, str]) -> None:
-    """Refuse an OUT that cannot be written before the models load and the SVD runs (minutes on real models)."""
-    if out.suffix != ".safetensors":
-        raise UserError(f"OUT must name a .safetensors file (the kohya LoRA), got {out.name or out}")
-    if out.is_dir():  # --force would not help: a file is never renamed over a folder
-        raise UserError(f"{out} is a folder; expected the path of the .safetensors file to write")
-    if any(Path(p).exists() and out.exists() and out.samefile(p) for p in inputs):
-        raise UserError(f"{out} is one of the two models; write the LoRA to another file")
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to replace it")
-    blocker = next((p for p in out.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise UserError(f"{out}: cannot create the folder {out.parent}: {blocker} is a file")
-
-
 def run(args) -> int:
     # lazy: torch, diffusers and transformers, kept out of `lora-kit extract --help`
     import torch
 
-    from lora_kit.adapters.io import write_kohya_lora
+    from lora_kit.adapters.io import check_target, write_kohya_lora
     from lora_kit.models.loading import load_model
 
     if args.rank is None and args.threshold is None:
@@ -167,7 +152,7 @@ def run(args) -> int:
         raise UserError(f"--conv-rank must be >= 0, got {args.conv_rank}")
     if not args.min_diff >= 0.0:  # also nan: with a negative one, identical modules went in as zero LoRAs
         raise UserError(f"--min-diff must be a number >= 0 (0: leave out identical modules), got {args.min_diff}")
-    _check_out(Path(args.out), args.force, (args.tuned, args.base))
+    check_target(Path(args.out), args.force, (args.tuned, args.base))  # before the models load and the SVD runs
     kw = {"dtype": torch.float32, "single_file_config": args.single_file_config}
     tuned, base = load_model(args.tuned, **kw), load_model(args.base, **kw)
     if tuned.family != base.family:
