@@ -60,6 +60,9 @@ def test_template_writes_a_sidecar_per_readable_image(dataset, caplog):
     cap = create_captioner("template", template="{trigger}, {class}, {words}", trigger="ohwx")
     report = caption_dataset(dataset, cap, CaptionOptions(**QUIET))
     assert (report.total, report.captioned, report.unreadable, report.failed) == (5, 4, 1, 0)
+    warned = [m for m in caplog.messages if "skipping unreadable image" in m]
+    # Pillow names an in-memory file "<_io.BytesIO object at 0x...>": the warning names the file instead
+    assert len(warned) == 1 and "BytesIO" not in warned[0] and warned[0].count("broken") == 2, warned
     assert read_caption(dataset, GOOD[1]) == "ohwx, sks star, red circle\n"
     assert read_caption(dataset, GOOD[0]) == "ohwx, sks star, blue square\n"
     assert read_caption(dataset, GOOD[2]) == "ohwx, cat, green cat\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -37,6 +38,8 @@ class SkipCounter:
     def skip(self, path: str | os.PathLike, reason: str) -> None:
         key = str(path)
         reason = reason.replace(key, Path(key).name)  # Pillow quotes the full path; stats must not carry it
+        # ...or, reading from memory, "<_io.BytesIO object at 0x7f...>": an address the user cannot use
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", Path(key).name, reason)
         if key not in self.skipped:
             self.skipped[key] = reason
             if self.warn:
