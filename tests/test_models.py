@@ -54,10 +54,21 @@ def test_pickle_checkpoint_refused(tmp_path):
 
 
 def test_unreadable_single_file_names_the_key_that_helps(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     p = tmp_path / "model.safetensors"
-    p.write_bytes(b"not a checkpoint")
+    save_file({"some.weight": torch.zeros(2, 2)}, str(p))  # a safetensors file diffusers cannot place offline
     with pytest.raises(UserError, match=r"could not build model.safetensors .* as \[model\] single_file_config \(--single-file-config\)"):
+        load_model(str(p))
+
+
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path):
+    """A text file passed as the model was sent after --single-file-config, which cannot help."""
+    p = tmp_path / "notes.txt"
+    p.write_text("my notes about this model\n")
+    with pytest.raises(UserError, match=r"notes.txt: not a model checkpoint \(not a safetensors file\); expected a "
+                                        r"\.safetensors checkpoint or a diffusers folder"):
         load_model(str(p))
 
 

@@ -22,6 +22,7 @@ import torch
 import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
+from lora_kit.adapters.io import _sniff
 from lora_kit.config.schema import ModelConfig
 from lora_kit.errors import UserError
 from lora_kit.models.family import SDXL, detect_family, family as family_info
@@ -109,8 +110,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype=None, single_file_config: str
     local = resolve_model(spec)
     path = Path(local).expanduser()
     if path.is_file():
-        if path.suffix in (".ckpt", ".pt", ".bin", ".pth"):
+        kind = _sniff(path)
+        if path.suffix in (".ckpt", ".pt", ".bin", ".pth") or kind == "pickle":
             raise UserError(f"{path.name}: pickle checkpoints are not loaded; convert it to .safetensors first")
+        if kind != "safetensors":  # from_single_file's own error would send the user after a config folder
+            raise UserError(f"{path.name}: not a model checkpoint ({kind}); expected a .safetensors checkpoint or a diffusers folder")
         pipe = _single_file_pipeline(path, single_file_config, dtype)
         return _bundle_from_pipeline(pipe, spec, str(path))
     if not path.exists() and (os.path.isabs(local) or local.startswith((".", "~"))):
