@@ -49,3 +49,5 @@ def test_summary_names_the_text_encoders_own_rank_and_layers():
     values = NetworkConfig(rank=8, alpha=8.0, text_encoder_rank=16, text_encoder_alpha=16.0, text_encoder_target="values")
     assert _text_encoder_words(values) == " + text encoder rank 16 alpha 16 (attention values and outputs)"
     assert _text_encoder_words(NetworkConfig(rank=8, alpha=4.0, text_encoder_alpha=8.0)) == " + text encoder rank 8 alpha 8"
+    assert _text_encoder_words(NetworkConfig(rank=8, alpha=8.0, train_trigger_embedding=True)) == \
+        " + text encoder + the trigger word's embedding"

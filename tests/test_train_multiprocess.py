@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 ARGS = ["train.max_steps=4", "save.every_n_steps=0", "dataset.caption_dropout=0.0", "log.tensorboard=false", "optimizer.name=adamw"]
@@ -19,16 +20,23 @@ def _env(tmp: Path, dump: str) -> dict:
     return env
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+PIVOTAL = ["network.train_text_encoder=true", 'dataset.trigger_word="ohwx"', "network.train_trigger_embedding=true",
+           "optimizer.text_encoder_lr=1e-2"]
+
+
+@pytest.mark.parametrize("extra", [[], PIVOTAL], ids=["unet", "pivotal"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, extra):
+    """With `pivotal`, the text-encoder LoRA and the trigger's trained rows too (their gradients are all-reduced
+    like the LoRA's: the rows are a parameter of the DDP-wrapped text encoder)."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lora_kit", "train", "tiny-smoke",
-              "--output-dir", str(tmp_path / "two"), *ARGS]
+              "--output-dir", str(tmp_path / "two"), *ARGS, *extra]
     two = subprocess.run(launch, env=_env(tmp_path, "idx2"), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "batch 2 x 2 proc x 1 accum = 4" in two.stdout
     assert two.stdout.count("done: 4 steps") == 1  # only the main process reports and writes
     one = subprocess.run([sys.executable, "-m", "lora_kit", "train", "tiny-smoke", "--output-dir", str(tmp_path / "one"),
-                          *ARGS, "train.gradient_accumulation_steps=2"], env=_env(tmp_path, "idx1"), capture_output=True, text=True, timeout=600)
+                          *ARGS, *extra, "train.gradient_accumulation_steps=2"], env=_env(tmp_path, "idx1"), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
 
     r0 = json.loads((tmp_path / "idx2" / "rank0.json").read_text())
@@ -42,6 +50,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 1e-4, worst  # measured 3.8e-6 (fp16 file rounding of allreduce vs accumulation order)
+    if extra:
+        e1, e2 = (load_file(str(tmp_path / r / "embeddings" / "ohwx.safetensors"))["emb_params"] for r in ("one", "two"))
+        assert float((e1 - e2).abs().max()) < 1e-5  # unsynced rows would differ by the lr's order (1e-2 per step)
 
 
 def test_two_process_resume_is_exact(tmp_path):

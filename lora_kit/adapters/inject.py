@@ -167,7 +167,8 @@ def unet_lora_config(net: NetworkConfig, plan: BlockPlan | None = None):
     )
 
 
-def text_encoder_lora_config(net: NetworkConfig):
+def text_encoder_lora_config(net: NetworkConfig, trigger_ids: tuple[int, ...] = ()):
+    """`trigger_ids`: token ids whose input embeddings train too (peft's trainable tokens: pivotal tuning)."""
     r, alpha = text_encoder_dims(net)
     if getattr(net, "algo", "lora") != "lora":
         return _lycoris_config(net, r, alpha, text_encoder_targets(net), {}, {})
@@ -178,6 +179,7 @@ def text_encoder_lora_config(net: NetworkConfig):
         init_lora_weights=_init(net),
         target_modules=text_encoder_targets(net),
         use_dora=net.use_dora,
+        **({"trainable_token_indices": {"token_embedding": list(trigger_ids)}} if trigger_ids else {}),
     )
 
 
@@ -200,7 +202,7 @@ class InjectedAdapters:
 
 
 def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype, sdxl: bool = False,
-                opt: OptimizerConfig | None = None) -> InjectedAdapters:
+                opt: OptimizerConfig | None = None, trigger_ids: tuple[int, ...] = ()) -> InjectedAdapters:
     """Freeze the base (in the training dtype), add adapters, keep adapter parameters in fp32.
     `opt` brings the block lr weights (a block of weight 0 gets no adapters, as in kohya)."""
     modules = [unet] + list(text_encoders)
@@ -213,7 +215,7 @@ def inject_lora(unet, text_encoders: list, net: NetworkConfig, train_dtype, sdxl
     unet.add_adapter(ucfg, adapter_name=ADAPTER_NAME)
     tcfg = None
     if net.train_text_encoder:
-        tcfg = text_encoder_lora_config(net)
+        tcfg = text_encoder_lora_config(net, trigger_ids)
         for te in text_encoders:
             # transformers 5.24's `add_adapter` demands peft >= 0.22 (unreleased); peft's own injection
             # creates the same layers and state-dict keys.

@@ -154,6 +154,8 @@ def build_kohya_metadata(info: dict) -> dict[str, str]:
         out[RECIPE_KEY] = _json(scrub_recipe(info["recipe"]))
     if info.get("trigger_words"):
         out["lora_kit.trigger_words"] = json.dumps(list(info["trigger_words"]), ensure_ascii=False)
+    if info.get("embedding"):  # pivotal tuning: the trigger's embedding file, relative to the LoRA
+        out["lora_kit.embedding"] = json.dumps(info["embedding"], ensure_ascii=False)
     return {k: str(v) for k, v in out.items()}
 
 

@@ -198,6 +198,12 @@ def check_ranges(r: Recipe) -> None:
     o = r.optimizer
     if not o.lr > 0:
         _fail(r, "[optimizer] lr", f"expected a learning rate > 0, got {o.lr}")
+    if r.network.train_trigger_embedding and not (r.network.train_text_encoder and r.dataset.trigger_word):
+        _fail(r, "[network] train_trigger_embedding", "expected [network] train_text_encoder = true and a "
+              "[dataset] trigger_word: the trigger's embedding is trained with the text encoder's LoRA")
+    if r.network.train_trigger_embedding and r.network.algo != "lora":
+        _fail(r, "[network] train_trigger_embedding", f"expected algo = \"lora\" (peft trains the token rows "
+              f"beside a LoRA), got {r.network.algo!r}")
     if r.network.train_text_encoder and not o.text_encoder_lr > 0:
         _fail(r, "[optimizer] text_encoder_lr", f"expected a learning rate > 0 (train_text_encoder = true), got {o.text_encoder_lr}")
     _at_least(r, "[optimizer] weight_decay", o.weight_decay, 0)

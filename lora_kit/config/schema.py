@@ -109,6 +109,10 @@ class NetworkConfig:
     # kohya's networks.lora trains CLIPAttention and CLIPMLP; "values": only the value and output projections
     # (v_proj, out_proj), so every word attends where the base model's did (docs/recipes.md)
     text_encoder_target: Literal["attn", "attn-mlp", "values"] = "attn"
+    # Pivotal tuning (the diffusers advanced script's --train_text_encoder_ti): the trigger word's own token
+    # embedding is trained too, at text_encoder_lr, and written beside the LoRA as a textual-inversion file
+    # (<name>.emb.safetensors) that prompts must load with it. Needs train_text_encoder and a trigger word.
+    train_trigger_embedding: bool = False
 
 
 @dataclass

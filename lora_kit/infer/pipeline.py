@@ -34,6 +34,7 @@ from safetensors import safe_open
 from transformers.utils import logging as tlog
 
 from lora_kit.adapters import lycoris
+from lora_kit.adapters.embedding import TokenRows, embedding_of_lora
 from lora_kit.adapters.hashes import autov2
 from lora_kit.adapters.io import LOAD_ERRORS, _sniff, load_failure, read_lora_file
 from lora_kit.errors import UserError
@@ -139,6 +140,8 @@ class LoraPipeline:
         self._lycoris_applied = False
         self._snapshot: dict[int, tuple] = {}
         self._hashes: dict[str, str] = {}
+        self._embeddings: dict[str, tuple] = {}  # file path -> (trigger word, rows): pivotal-tuning LoRAs
+        self._token_rows = TokenRows()
         # Every sampler is built from the model's own scheduler config, never from the previous sampler's.
         self._scheduler_config = pipe.scheduler.config
         pipe.set_progress_bar_config(disable=True)
@@ -240,6 +243,7 @@ class LoraPipeline:
             self.pipe.delete_adapters([self._adapters.pop(p) for p in stale])
         if new:
             self._lycoris = {p: v for p, v in self._lycoris.items() if p in wanted}
+        self._embeddings = {p: v for p, v in self._embeddings.items() if p in self._adapters or p in self._lycoris}
         for lo in loras:
             if lo.path and lo.path not in self._adapters and lo.path not in self._lycoris:
                 if not Path(lo.path).is_file():
@@ -251,6 +255,9 @@ class LoraPipeline:
         return [self._adapters[lo.path] for lo in loras if lo.path in self._adapters]
 
     def _load_file(self, lo: LoraRef) -> None:
+        emb = embedding_of_lora(lo.path)  # the trigger's trained embedding, when the LoRA was trained with one
+        if emb is not None:
+            self._embeddings[lo.path] = emb
         if _is_lycoris_file(lo.path):  # LoHa/LoKr: diffusers rejects them, applied by hand
             self._lycoris[lo.path] = read_lora_file(lo.path, unet_config=dict(self.pipe.unet.config))
             return
@@ -286,7 +293,14 @@ class LoraPipeline:
         for parsed, weight in lycos:  # always fused: W + weight * delta-W, undone from the snapshot
             lycoris.apply(parsed, self._roots(), weight)
             self._lycoris_applied = True
+        self._apply_embeddings([self._embeddings[lo.path] for lo in active if lo.path in self._embeddings])
         self._state = key
+
+    def _apply_embeddings(self, embeddings: list) -> None:
+        """Active LoRAs' trigger embeddings in, all others' out. At full strength whatever the LoRA's weight
+        (an embedding has no strength; A1111 and ComfyUI use it as it is), and out at weight 0: exact base."""
+        tes = [te for te in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if te is not None]
+        self._token_rows.apply(tes, self.pipe.tokenizer, embeddings)
 
     def _roots(self) -> dict:
         return {c: getattr(self.pipe, c, None) for c in ("unet", "text_encoder", "text_encoder_2")}
@@ -303,6 +317,8 @@ class LoraPipeline:
             self.pipe.delete_adapters(list(self._adapters.values()))
             self._adapters.clear()
         self._lycoris.clear()
+        self._apply_embeddings([])
+        self._embeddings.clear()
         self._state = None
 
     # ------------------------------------------------------------------ generation

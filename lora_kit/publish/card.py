@@ -127,10 +127,16 @@ def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) 
     else:
         load = ["import torch", f"from diffusers import {pipe}", "",
                 f'pipe = {pipe}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")']
+    emb = []
+    if run.embedding_file is not None:  # pivotal tuning: the trigger word's trained embedding comes with it
+        folder, _, file = run.embedding_name.rpartition("/")
+        emb = [f'pipe.load_textual_inversion("{repo_id}", subfolder="{folder}", weight_name="{file}", '
+               f'token="{run.trigger_words[0]}")']  # the check made train_trigger_embedding need a trigger word
     return "\n".join([
         "## Use with diffusers", "",
         "```python", *load,
         f'pipe.load_lora_weights("{repo_id}", weight_name="{weights}", adapter_name="{adapter}")',
+        *emb,
         f'pipe.set_adapters(["{adapter}"], adapter_weights=[{fmt(d.weight)}])',
         f"image = pipe({json.dumps(prompt, ensure_ascii=False)}).images[0]", "```", "",
         "See the [diffusers LoRA guide](https://huggingface.co/docs/diffusers/using-diffusers/loading_adapters) "
@@ -148,7 +154,18 @@ def _usage_webui(run: Run, d: Details) -> str:
         + (f", together with the trigger words: `{words}, {tag}`." if words else "."),
         "- **ComfyUI**: put it in `ComfyUI/models/loras` and load it with a *Load LoRA* node "
         f"(strength_model {fmt(d.weight)})" + (f"; write `{words}` in the prompt." if words else "."), "",
+        *_usage_embedding_webui(run),
     ])
+
+
+def _usage_embedding_webui(run: Run) -> list[str]:
+    if run.embedding_file is None:
+        return []
+    name = run.embedding_name.rpartition("/")[2][: -len(".safetensors")]
+    return [f"It was trained together with its trigger word's own embedding, `{run.embedding_name}`: use both. "
+            "**AUTOMATIC1111 / Forge**: put it in `embeddings/`; the trigger word in the "
+            f"prompt then uses it. **ComfyUI**: put it in `ComfyUI/models/embeddings` and write `embedding:{name}` "
+            "in the prompt where the trigger word goes.", ""]
 
 
 def _samples(widgets: list[Widget], grid_url: str | None) -> str:

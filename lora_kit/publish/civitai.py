@@ -57,6 +57,9 @@ def stage_bundle(run: Run, details: Details, folder: Path) -> list[str]:
         text = privacy.copy_png(cell.path, folder / rel, {"parameters": stage.cell_parameters(run, cell)})
         images.append((rel, cell, text.get("parameters", "")))
     names = [kohya] + [rel for rel, _, _ in images]
+    if run.embedding_file is not None:  # pivotal tuning: the LoRA needs its trigger's embedding
+        privacy.copy_safetensors(run.embedding_file, folder / run.embedding_name)
+        names.append(run.embedding_name)
     if run.samples is not None and run.samples.grid is not None:
         privacy.copy_png(run.samples.grid, folder / "previews" / "grid.png")
         names.append("previews/grid.png")
@@ -116,6 +119,9 @@ def upload_guide(run: Run, details: Details, hashes: dict) -> str:
         f"File:               {run.kohya_file.name}",
         f"  SHA256:           {hashes['sha256'].upper()}",
         f"  AutoV2:           {hashes['autov2'].upper()}",
+        *([f"Also upload:        {run.embedding_name} (the trigger word's trained embedding: the LoRA draws",
+           "                    its concept with it; say in the description that it goes in the embeddings",
+           "                    folder, A1111/Forge `embeddings/`, ComfyUI `models/embeddings/`)"] if run.embedding_file else []),
         "", "Description:", details.description or "-", "",
         "Training settings:",
         *[f"  {label}: {value}" for label, value in training_settings(run, details)],

@@ -4,6 +4,7 @@ Folder layout (what `upload_folder` sends, nothing else):
     README.md                          model card (YAML front matter + usage + settings + samples)
     pytorch_lora_weights.safetensors   diffusers format (`pipe.load_lora_weights(repo_id)`)
     <name>.safetensors                 kohya format with ss_*/modelspec.* metadata (A1111, ComfyUI)
+    embeddings/<trigger>.safetensors   the trigger word's embedding, when trained with it (pivotal tuning)
     images/grid.png, images/NN-*.png   the newest sample grid and the widget images
 The folder is built beside its destination, checked for private data, then moved into place, so a failed
 or refused build never leaves a half-written folder.
@@ -49,6 +50,8 @@ def _fill(run: Run, details: Details, repo_id: str, folder: Path) -> None:
     privacy.copy_safetensors(run.kohya_file, folder / run.kohya_file.name)
     if run.diffusers_file is not None:
         privacy.copy_safetensors(run.diffusers_file, folder / DIFFUSERS_FILE)
+    if run.embedding_file is not None:
+        privacy.copy_safetensors(run.embedding_file, folder / run.embedding_name)
     widgets, grid_url = [], None
     if run.samples is not None:
         if run.samples.grid is not None:

@@ -53,6 +53,12 @@ class Run:
     kohya_file: Path
     diffusers_file: Path | None
     samples: Samples | None
+    embedding_file: Path | None = None  # pivotal tuning: embeddings/<trigger>.safetensors, published with the LoRA
+
+    @property
+    def embedding_name(self) -> str:
+        """The embedding's path relative to the run (and to the published folder): embeddings/<trigger>.safetensors."""
+        return self.embedding_file.relative_to(self.root).as_posix() if self.embedding_file else ""
 
     @property
     def name(self) -> str:
@@ -96,7 +102,11 @@ def load_run(path: str | Path) -> Run:
     if not kohya.is_file():
         raise UserError(f"{path}: the kohya-format LoRA {kohya.name} is missing")
     diffusers = root / str(files.get("diffusers") or DIFFUSERS_FILE)
-    return Run(root, summary, recipe, kohya, diffusers if diffusers.is_file() else None, find_samples(root))
+    embedding = root / str(files["embedding"]) if files.get("embedding") else None
+    if embedding is not None and not embedding.is_file():  # the LoRA alone draws less than it was trained to
+        raise UserError(f"{path}: the trigger word's embedding {files['embedding']} is missing (trained with "
+                        "[network] train_trigger_embedding; the LoRA needs it)")
+    return Run(root, summary, recipe, kohya, diffusers if diffusers.is_file() else None, find_samples(root), embedding)
 
 
 def _read_recipe(path: Path) -> Recipe | None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from lora_kit.adapters.blocks import kohya_network_args
+from lora_kit.adapters.embedding import embedding_file_name, split_trigger_embedding, write_trigger_embedding
 from lora_kit.adapters.inject import conv_alpha
 from lora_kit.adapters.io import DIFFUSERS_WEIGHT_NAME as DIFFUSERS_FILE, write_adapter_files
 from lora_kit.config.load import recipe_to_dict
@@ -87,6 +88,10 @@ def export_adapters(out_dir: Path, recipe, summary: RunSummary, unet_sd: dict, t
         unet_sd, te_sds = adapters.ema.averaged(unet_sd), [adapters.ema.averaged(sd) for sd in te_sds]
     info = summary.as_info(recipe_to_dict(r))
     out = out_dir if not suffix else out_dir / "exports"
+    te_sds, token_rows = split_trigger_embedding(te_sds)  # pivotal tuning: no LoRA format carries the rows
+    emb_name = embedding_file_name(r.dataset.trigger_word, suffix) if token_rows else ""
+    if emb_name:  # the LoRA names its embedding (relative), so the grid loads the pair
+        info = {**info, "embedding": {"token": r.dataset.trigger_word, "file": emb_name}}
     try:
         files = write_adapter_files(
             out, f"{r.name}{suffix}", unet_sd, te_sds, info,
@@ -94,10 +99,12 @@ def export_adapters(out_dir: Path, recipe, summary: RunSummary, unet_sd: dict, t
             unet_model_config=unet_model_config, precision=r.save.precision,
             diffusers_name=DIFFUSERS_FILE if not suffix else f"{r.name}{suffix}_diffusers.safetensors",
         )
+        if token_rows:
+            files["embedding"] = write_trigger_embedding(out / emb_name, token_rows, r.dataset.trigger_word)
         run.first_output(r)  # recipe.toml / run.json: the run now has something to show
         if not suffix:
             summary.run_id = run.run_id
-            summary.files = {k: Path(v).name for k, v in files.items()}
+            summary.files = {k: Path(v).relative_to(out).as_posix() for k, v in files.items()}  # embeddings/ is a subfolder
             summary.write(out_dir / SUMMARY_FILE)
     except Exception as exc:
         if not is_write_fault(exc):

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from lora_kit.adapters.embedding import trigger_token_ids
 from lora_kit.adapters.inject import adapter_state_dicts, inject_lora, tuner_layers
 from lora_kit.config.schema import Recipe
 from lora_kit.models.loading import load_for_training
@@ -111,8 +112,10 @@ class LoraTrainer:
         # Seed right here: adapter init must not depend on what ran before (e.g. a builtin model being
         # materialised on the main process only, which draws from the global RNG).
         set_seed(r.seed)
+        trigger_ids = (trigger_token_ids(self.bundle.tokenizers[0], r.dataset.trigger_word)
+                       if r.network.train_trigger_embedding else ())  # pivotal tuning: the trigger's own rows
         self.adapters = inject_lora(self.unet, self.text_encoders, r.network, self.weight_dtype,
-                                    sdxl=self.bundle.is_sdxl, opt=r.optimizer)  # opt: block lr weights
+                                    sdxl=self.bundle.is_sdxl, opt=r.optimizer, trigger_ids=trigger_ids)
         for te in self.text_encoders:  # on the device for the text cache; the U-Net waits (_place_models)
             te.to(self.accelerator.device)
 

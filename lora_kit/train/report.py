@@ -46,7 +46,8 @@ def _text_encoder_words(net) -> str:
     rank, alpha = text_encoder_dims(net)
     own = f" rank {rank} alpha {alpha:g}" if (rank, alpha) != (net.rank, net.alpha) else ""
     where = {"attn-mlp": " (attention and MLP)", "values": " (attention values and outputs)"}.get(net.text_encoder_target, "")
-    return " + text encoder" + own + where
+    token = " + the trigger word's embedding" if net.train_trigger_embedding else ""
+    return " + text encoder" + own + where + token
 
 
 def print_summary(recipe, bundle, data, acc, out, state, facts: SetupFacts, file=None) -> None:
