@@ -145,3 +145,19 @@ def test_publish_carries_the_embedding_and_the_card_snippet_loads_it(tmp_path, m
 
     (run / "embeddings" / "ohwx.safetensors").unlink()
     assert main(["publish", str(run), "--hub", "me/pivot", "--dry-run", "--out", str(tmp_path / "hub2")]) == 2
+
+
+def test_merge_writes_the_trigger_rows_into_the_merged_model(tmp_path):
+    t = run_training(tmp_path / "run", PIVOTAL + ["train.max_steps=1"])
+    from lora_kit.adapters.tools.merge import merge_loras
+    from lora_kit.models.loading import load_model
+
+    out = merge_loras("builtin:tiny-sd15", [(str(t.files["kohya"]), 1.0)], tmp_path / "merged")
+    merged = load_model(str(out))
+    ids = list(trigger_token_ids(merged.tokenizers[0], "ohwx"))
+    got = merged.text_encoders[0].get_input_embeddings().weight[ids].detach()
+    assert torch.equal(got, load_file(str(t.files["embedding"]))["emb_params"])
+    # at scale 0 the LoRA adds nothing, its embedding included
+    out0 = merge_loras("builtin:tiny-sd15", [(str(t.files["kohya"]), 0.0)], tmp_path / "merged0")
+    base = load_model("builtin:tiny-sd15").text_encoders[0].get_input_embeddings().weight[ids]
+    assert torch.equal(load_model(str(out0)).text_encoders[0].get_input_embeddings().weight[ids], base)

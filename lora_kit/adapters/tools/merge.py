@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lora_kit.adapters import lycoris
+from lora_kit.adapters.embedding import TokenRows, embedding_of_lora
 from lora_kit.adapters.formats import SDXL
 from lora_kit.adapters.io import LOAD_ERRORS, load_failure, read_lora_file, write_diffusers_lora
 from lora_kit.adapters.lycoris import ParsedLycoris
@@ -120,6 +121,10 @@ def merge_loras(base: str, loras: list[tuple[str, float]], out, *, overwrite: bo
         pipe.unload_lora_weights()
     for parsed, scale in lycos:
         lycoris.apply(parsed, {c: getattr(pipe, c) for c in components}, scale)
+    # Pivotal-tuning LoRAs: their trigger words' trained rows go into the merged text encoders too.
+    embeddings = [e for e in (embedding_of_lora(p) for p, s in loras if s != 0) if e is not None]
+    if embeddings:
+        TokenRows().apply([getattr(pipe, c) for c in components if c != "unet"], pipe.tokenizer, embeddings)
     pipe.to(torch_dtype)
     if single_file:
         merged = json.dumps([{"lora": Path(p).name, "scale": s} for p, s in loras])  # file names, never paths
