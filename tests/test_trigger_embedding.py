@@ -161,3 +161,27 @@ def test_merge_writes_the_trigger_rows_into_the_merged_model(tmp_path):
     out0 = merge_loras("builtin:tiny-sd15", [(str(t.files["kohya"]), 0.0)], tmp_path / "merged0")
     base = load_model("builtin:tiny-sd15").text_encoders[0].get_input_embeddings().weight[ids]
     assert torch.equal(load_model(str(out0)).text_encoders[0].get_input_embeddings().weight[ids], base)
+
+
+def test_sdxl_card_snippet_loads_one_tensor_per_text_encoder(tmp_path):
+    """SDXL's file holds clip_l and clip_g; diffusers loads each into its own text encoder (its documented way)."""
+    import re
+
+    from lora_kit.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "tiny-smoke", "--output-dir", str(run), "train.max_steps=1", "save.every_n_steps=0",
+                 "log.tensorboard=false", 'model.pretrained="builtin:tiny-sdxl"', *PIVOTAL[:-1]]) == 0
+    hub = tmp_path / "hub"
+    assert main(["publish", str(run), "--hub", "me/pivot-xl", "--dry-run", "--out", str(hub)]) == 0
+    code = re.search(r"```python\n(.*?)```", (hub / "README.md").read_text(), re.S).group(1)
+    assert 'hf_hub_download("me/pivot-xl", "embeddings/ohwx.safetensors")' in code
+    code = code.replace('hf_hub_download("me/pivot-xl", "embeddings/ohwx.safetensors")', repr(str(hub / "embeddings" / "ohwx.safetensors")))
+    code = code.replace('"me/pivot-xl"', repr(str(hub))).replace(".images[0]", ".images[0]  # noqa")
+    code = re.sub(r'pipe\((".*?")\)', r'pipe(\1, num_inference_steps=2, output_type="np")', code)
+    scope: dict = {}
+    exec(compile(code, "card-snippet", "exec"), scope)  # noqa: S102 - our own generated card
+    pipe, emb = scope["pipe"], load_file(str(run / "embeddings" / "ohwx.safetensors"))
+    for te, tok, key in ((pipe.text_encoder, pipe.tokenizer, "clip_l"), (pipe.text_encoder_2, pipe.tokenizer_2, "clip_g")):
+        got = te.get_input_embeddings().weight[tok("ohwx", add_special_tokens=False).input_ids].detach()
+        assert torch.equal(got, emb[key].to(got.dtype)), key

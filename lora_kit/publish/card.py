@@ -127,11 +127,7 @@ def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) 
     else:
         load = ["import torch", f"from diffusers import {pipe}", "",
                 f'pipe = {pipe}.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")']
-    emb = []
-    if run.embedding_file is not None:  # pivotal tuning: the trigger word's trained embedding comes with it
-        folder, _, file = run.embedding_name.rpartition("/")
-        emb = [f'pipe.load_textual_inversion("{repo_id}", subfolder="{folder}", weight_name="{file}", '
-               f'token="{run.trigger_words[0]}")']  # the check made train_trigger_embedding need a trigger word
+    emb = _usage_embedding_diffusers(run, repo_id)
     return "\n".join([
         "## Use with diffusers", "",
         "```python", *load,
@@ -142,6 +138,22 @@ def _usage_diffusers(run: Run, d: Details, repo_id: str, widgets: list[Widget]) 
         "See the [diffusers LoRA guide](https://huggingface.co/docs/diffusers/using-diffusers/loading_adapters) "
         "for stacking several LoRAs and fusing them into the model.", "",
     ])
+
+
+def _usage_embedding_diffusers(run: Run, repo_id: str) -> list[str]:
+    """Pivotal tuning: the trigger's trained embedding, loaded as diffusers documents textual inversions."""
+    if run.embedding_file is None:
+        return []
+    folder, _, file = run.embedding_name.rpartition("/")
+    token = run.trigger_words[0]  # the check made train_trigger_embedding need a trigger word
+    if run.family != "sdxl":
+        return [f'pipe.load_textual_inversion("{repo_id}", subfolder="{folder}", weight_name="{file}", token="{token}")']
+    # SDXL: one file, a tensor per text encoder; diffusers loads each into its own encoder.
+    return ["from huggingface_hub import hf_hub_download",
+            "from safetensors.torch import load_file",
+            f'emb = load_file(hf_hub_download("{repo_id}", "{run.embedding_name}"))',
+            f'pipe.load_textual_inversion(emb["clip_l"], token="{token}", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)',
+            f'pipe.load_textual_inversion(emb["clip_g"], token="{token}", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)']
 
 
 def _usage_webui(run: Run, d: Details) -> str:
