@@ -26,6 +26,13 @@ _NATIVE_WRITE_FAULT = re.compile(r"file write failed|PytorchStreamWriter failed|
                                  r"File too large|Disk quota exceeded|os error (?:13|27|28|30|122)\b")
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """`path` itself or its closest ancestor that exists ("/" at the latest): what a write there would meet
+    first. Output checks ask it whether a file stands where a folder must be created."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists()), Path(path.anchor or "."))
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` then rename over `path`, so readers never see a half-written file."""
     path = Path(path)

@@ -23,7 +23,7 @@ from lora_kit.errors import UserError
 from lora_kit.models.family import detect_family
 from lora_kit.paths import DIFFUSERS_WEIGHT_NAME
 from lora_kit.precision import save_dtype
-from lora_kit.utils import atomic_write_bytes
+from lora_kit.utils import atomic_write_bytes, nearest_existing
 
 _ZIP_MAGIC = b"PK\x03\x04"
 logger = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ def check_target(path: Path, overwrite: bool, inputs: tuple = ()) -> None:
         raise UserError(f"{path} is one of the inputs; write the LoRA to another file")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --force (overwrite=True) to replace it")
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():  # a file where a folder of the path should be
+    blocker = nearest_existing(path.parent)
+    if not blocker.is_dir():  # a file where a folder of the path should be
         raise UserError(f"{path}: cannot create the folder {path.parent}: {blocker} is a file")
 
 

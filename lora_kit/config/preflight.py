@@ -25,6 +25,7 @@ from lora_kit.config.checks import _fail, check_paths
 from lora_kit.config.schema import Recipe
 from lora_kit.models.loading import resolve_model
 from lora_kit.paths import cache_dir, is_builtin
+from lora_kit.utils import nearest_existing
 
 MARGIN = 16 << 20  # bytes kept free beyond one checkpoint's estimate (recipe.toml, summary, logs)
 
@@ -42,22 +43,12 @@ def check_before_training(r: Recipe) -> None:
 # --------------------------------------------------------------------------------------------- locations
 
 
-def _nearest_existing(path: Path) -> Path:
-    for p in [path, *path.parents]:
-        if p.exists():
-            return p
-    return Path("/")
-
-
 def check_writable_folder(r: Recipe, key: str, folder: Path, need_bytes: int = 0) -> None:
     """`folder` is (or can become) a writable folder with `need_bytes` free."""
     folder = Path(folder).expanduser()
-    for p in [folder, *folder.parents]:
-        if p.exists() and not p.is_dir():
-            _fail(r, key, f"{p} is a file, expected a folder")
-        if p.exists():
-            break
-    base = _nearest_existing(folder)
+    base = nearest_existing(folder)
+    if not base.is_dir():
+        _fail(r, key, f"{base} is a file, expected a folder")
     try:  # os.access ignores ACLs and read-only mounts; a real file says what the disk will say
         fd, probe = tempfile.mkstemp(prefix=".lora-kit-probe.", dir=base)
         os.close(fd)

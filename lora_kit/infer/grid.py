@@ -35,7 +35,7 @@ from lora_kit.infer.render import Layout, compose_grid, plan_layout, save_png
 from lora_kit.infer.schedulers import canonical_sampler_name
 from lora_kit.infer.spec import Axis, CellParams, GridSpec, cell_from_dict, cell_to_dict, local_path, portable_path
 from lora_kit.runtime import ThreadGovernor
-from lora_kit.utils import atomic_write_json
+from lora_kit.utils import atomic_write_json, nearest_existing
 
 MANIFEST_FORMAT = "lora-kit-grid/1"
 
@@ -152,7 +152,7 @@ def plan_batches(params: list[CellParams], batch_size: int) -> list[list[int]]:
 def _old_cells(out: Path, overwrite: bool) -> list[Path]:
     """The cell pictures of a grid already in `out` (refused unless `overwrite`); removed once the new grid's
     cells are known to be renderable, so a bad setting never costs the old grid."""
-    nearest = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    nearest = nearest_existing(out)
     if not nearest.is_dir():  # checked before the model loads; mkdir would fail after it
         raise UserError(f"--out {out}: {nearest} is a file; expected a folder for grid.png, grid.html, grid.json and cells/")
     ours = [out / n for n in ("grid.json", "grid.png", "grid.html")]

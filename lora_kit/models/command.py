@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lora_kit.errors import UserError
 from lora_kit.models.presets import PRESETS, get_preset, write_preset
+from lora_kit.utils import nearest_existing
 
 
 def add_arguments(p) -> None:
@@ -19,10 +20,10 @@ def add_arguments(p) -> None:
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse an OUT that is a file, sits under a file or a folder it cannot write in, or holds files that
     are not a model: --overwrite replaces a model folder, never a file or a folder of the user's own files."""
-    blocker = next((p for p in out.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = nearest_existing(out.parent)
+    if not blocker.is_dir():
         raise UserError(f"{out}: cannot create the folder {out.parent}: {blocker} is a file")
-    if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+    if not os.access(blocker, os.W_OK | os.X_OK):
         raise UserError(f"{out}: cannot write in {blocker}: permission denied (read-only folder)")
     if not out.exists():
         return

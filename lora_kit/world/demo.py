@@ -24,7 +24,7 @@ from lora_kit.infer.grid import render_grid
 from lora_kit.infer.spec import Axis, CellParams, ControlRef, GridSpec, LoraRef
 from lora_kit.paths import datasets_dir
 from lora_kit.train.recipe import LoraTrainer
-from lora_kit.utils import TMP_SUFFIX, atomic_write_json
+from lora_kit.utils import TMP_SUFFIX, atomic_write_json, nearest_existing
 from lora_kit.world.assets import shipped_controlnet_dir, shipped_model_dir
 from lora_kit.world.evaluate import format_summary, learn_concept_from_folder
 from lora_kit.world.grid_score import score_grid
@@ -114,8 +114,8 @@ def _control_image(out: Path, concept: str) -> tuple[str, Path] | None:
 
 def _fresh_out(out: Path, overwrite: bool) -> None:
     """An empty `out`; --overwrite removes a previous demo there, never a file or a folder of other files."""
-    blocker = next((p for p in out.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = nearest_existing(out.parent)
+    if not blocker.is_dir():
         raise UserError(f"--out {out.parent}: {blocker} is a file; expected a folder")
     if out.exists():
         if not overwrite:
